@@ -1,0 +1,49 @@
+# ig-rpn-book: two commands do everything on a fresh machine.
+#   make book   install, execute the chapters (cached) and build the Jupyter Book
+#   make test   install, then pytest on tests/ and nbval on notebooks/ under a virtual display
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pip prints one line per unusable local index folder on some machines: hide only those.
+PIPQUIET := grep -v -E "is ignored: it is neither a file nor a directory" || true
+XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
+
+.PHONY: help install sysdeps test book bench replicate clean
+
+help:
+	@echo "make book   build the book into _build/html (first run: ~15 min, 2.5 GB)"
+	@echo "make test   run all tests: pytest (tests/) and nbval (notebooks/)"
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	@echo "Installing rpn-lib and its pinned dependencies into $(VENV) (first time: a few minutes) ..."
+	@$(PY) -m pip install -q --upgrade pip 2>&1 | $(PIPQUIET)
+	@$(PY) -m pip install -q -e ".[all]" 2>&1 | $(PIPQUIET)
+	@$(PY) -m pip check >/dev/null || { $(PY) -m pip check; exit 1; }
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+sysdeps:
+	@scripts/system_deps.sh napari
+
+test: install sysdeps
+	@NAPARI_CONFIG=$$(mktemp -d)/napari.yaml $(PY) -m pytest tests notebooks --nbval --nbval-current-env -q
+
+book: install
+	@scripts/system_deps.sh book
+	@scripts/vendor_js.sh
+	@NAPARI_CONFIG=$$(mktemp -d)/napari.yaml $(XVFB) $(VENV)/bin/jupyter-book build -W -n --keep-going --quiet .
+	@test -f _build/html/index.html || { echo "error: the book was not built"; exit 1; }
+	@echo "Book built: $$(pwd)/_build/html/index.html"
+
+clean:
+	rm -rf _build _vendor

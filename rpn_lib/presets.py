@@ -1,0 +1,114 @@
+"""Every number of a run in one place: the ``cpu-small`` teaching scale and the ``paper`` scale.
+
+Both presets cover the same field of view (about 166 mm per side, the paper's 128 voxels at
+1.3 mm). ``cpu-small`` renders it at 2.6 mm (64^3 voxels) with a narrower network so that a
+2-core CPU can train it; ``paper`` is the paper's own scale (128^3 at 1.3 mm, width 32).
+Sizes the paper gives in voxels at 1.3 mm (anchor base sizes, box sizes) are converted to mm
+and back, so they scale with the spacing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+PAPER_SPACING_MM = 1.3
+"""Voxel spacing of the paper's data (Sec. 3)."""
+
+PAPER_ANCHOR_BASE_VOX = (13.0, 16.0, 20.0, 28.0)
+"""Anchor base sizes per axis in voxels at 1.3 mm (Sec. 2.2): 4^3 = 64 anchor shapes."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A complete, serialisable configuration of data, model and training.
+
+    Attributes:
+        name: preset name.
+        spacing_mm: isotropic voxel spacing the model works at.
+        shape_vox: input volume shape ``(D, H, W)`` in voxels.
+        width: channels of the first backbone block (blocks have w, 2w, 4w, 8w).
+        anchor_base_mm: anchor base sizes per axis in mm.
+        stride: voxels per feature-map cell of the fused map (three down-samplings, one
+            up-sampling: 4).
+        eta: exponent of the IoU-balanced loss (Eq. 3).
+        pos_iou: anchors above this IoU with a ground truth are positive (Sec. 3).
+        neg_iou: anchors below this IoU with every ground truth are negative (Sec. 3).
+        anchors_per_volume: anchors sampled per volume for the classification loss.
+        max_pos_fraction: at most this share of the sampled anchors are positives.
+        steps: default number of training steps.
+        batch_size: volumes per training step.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        rotation_deg: augmentation rotation range, +- degrees about each axis (Sec. 3).
+        flip: whether left-right flips augment the training data (Sec. 3).
+        nms_iou: class-wise NMS threshold before the top-k candidates are taken.
+        top_k: candidates per class kept for the graph prior (Sec. 2.3).
+    """
+
+    name: str
+    spacing_mm: float
+    shape_vox: tuple[int, int, int]
+    width: int
+    anchor_base_mm: tuple[float, ...] = tuple(s * PAPER_SPACING_MM for s in PAPER_ANCHOR_BASE_VOX)
+    stride: int = 4
+    eta: float = 1.75
+    pos_iou: float = 0.5
+    neg_iou: float = 0.25
+    anchors_per_volume: int = 512
+    max_pos_fraction: float = 0.25
+    steps: int = 2000
+    batch_size: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    rotation_deg: float = 25.0
+    flip: bool = True
+    nms_iou: float = 0.3
+    top_k: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def anchor_base_vox(self) -> tuple[float, ...]:
+        """Anchor base sizes in voxels at this preset's spacing (13/16/20/28 at 1.3 mm)."""
+        return tuple(s / self.spacing_mm for s in self.anchor_base_mm)
+
+    @property
+    def field_of_view_mm(self) -> tuple[float, float, float]:
+        """Physical extent of the input volume in mm."""
+        return tuple(n * self.spacing_mm for n in self.shape_vox)  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (lists instead of tuples)."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preset":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> "Preset":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu-small": Preset(name="cpu-small", spacing_mm=2.6, shape_vox=(64, 64, 64), width=16),
+    "paper": Preset(
+        name="paper", spacing_mm=PAPER_SPACING_MM, shape_vox=(128, 128, 128), width=32,
+        steps=20000, batch_size=2, anchors_per_volume=1024,
+    ),
+}
+
+
+def get_preset(name_or_preset: "str | Preset") -> Preset:
+    """Look a preset up by name (``cpu-small`` or ``paper``); a :class:`Preset` passes through."""
+    if isinstance(name_or_preset, Preset):
+        return name_or_preset
+    try:
+        return PRESETS[name_or_preset]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name_or_preset!r}; choose one of {sorted(PRESETS)}"
+        ) from None
