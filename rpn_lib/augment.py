@@ -1,0 +1,102 @@
+"""Training augmentation of the paper (Sec. 3): random rotation in [-25, 25] degrees and flips,
+applied to a volume and its landmarks together.
+
+Choices (the paper gives only the ranges): a rotation is the product of three rotations about
+the volume's axes, each by an angle drawn uniformly in ``[-max_deg, max_deg]``, about the
+volume centre, with trilinear interpolation and zeros outside. A flip mirrors one array axis
+drawn at random with probability 1/2. Any mirror turns a face into its mirror image, so the
+fetus's left and right swap: the left- and right-eye labels are exchanged
+(:data:`rpn_lib.landmarks.FLIP_PERMUTATION`). A rotation that would push a landmark closer
+than ``margin_vox`` to the border is redrawn (up to 10 times, then no rotation).
+All randomness comes from one ``torch.Generator``, so a run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from rpn_lib.landmarks import FLIP_PERMUTATION
+
+
+def rotation_matrix(angles_rad: torch.Tensor) -> torch.Tensor:
+    """``(3, 3)`` rotation ``R0 @ R1 @ R2`` about array axes 0, 1, 2 by the three angles."""
+    mats = []
+    for axis, a in enumerate(angles_rad.tolist()):
+        c, s = math.cos(a), math.sin(a)
+        i, j = [k for k in range(3) if k != axis]
+        m = torch.eye(3, dtype=torch.float64)
+        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+        mats.append(m)
+    return mats[0] @ mats[1] @ mats[2]
+
+
+def rotate(volume: torch.Tensor, landmarks_vox: torch.Tensor, rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate a ``(D, H, W)`` volume and its ``(K, 3)`` voxel landmarks about the volume centre.
+
+    A landmark at ``p`` moves to ``c + R (p - c)``; each output voxel ``q`` samples the input
+    at ``c + R^T (q - c)``.
+    """
+    shape = torch.tensor(volume.shape, dtype=torch.float64)
+    centre = (shape - 1) / 2
+    rot = rot.to(torch.float64)
+    axes = [torch.arange(n, dtype=torch.float64) for n in volume.shape]
+    q = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (D, H, W, 3)
+    src = (q - centre) @ rot + centre  # row-vector form of R^T (q - c) + c
+    norm = src / (shape - 1) * 2 - 1  # align_corners=True normalisation
+    grid = norm.flip(-1).to(volume.dtype)[None]  # grid_sample wants (x, y, z) = axes (2, 1, 0)
+    out = F.grid_sample(volume[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    new_lm = (landmarks_vox.to(torch.float64) - centre) @ rot.T + centre
+    return out[0, 0], new_lm.to(landmarks_vox.dtype)
+
+
+def flip(volume: torch.Tensor, landmarks_vox: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror array ``axis`` and swap the left/right landmark labels.
+
+    Returns the mirrored volume and ``(K, 3)`` landmarks in class order: the new left eye is
+    the mirrored old right eye, and vice versa.
+    """
+    n = volume.shape[axis]
+    out = torch.flip(volume, dims=(axis,))
+    lm = landmarks_vox.clone()
+    lm[:, axis] = (n - 1) - lm[:, axis]
+    return out, lm[list(FLIP_PERMUTATION)]
+
+
+def augment(
+    volume: torch.Tensor,
+    landmarks_vox: torch.Tensor,
+    generator: torch.Generator,
+    max_deg: float = 25.0,
+    do_flip: bool = True,
+    margin_vox: float = 4.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rotation (Sec. 3: [-25, 25] degrees) and random flip of a volume and its landmarks.
+
+    Args:
+        volume: ``(D, H, W)`` float tensor.
+        landmarks_vox: ``(K, 3)`` landmark voxel coordinates in class order.
+        generator: the only source of randomness.
+        max_deg: rotation range per axis; 0 disables rotation.
+        do_flip: whether to mirror a random axis with probability 1/2.
+        margin_vox: landmarks must stay this far inside the volume after rotation.
+    """
+    if max_deg > 0:
+        upper = torch.tensor(volume.shape, dtype=torch.float64) - 1 - margin_vox
+        for _ in range(10):
+            angles = (torch.rand(3, generator=generator, dtype=torch.float64) * 2 - 1) * math.radians(max_deg)
+            rot = rotation_matrix(angles)
+            shape = torch.tensor(volume.shape, dtype=torch.float64)
+            centre = (shape - 1) / 2
+            moved = (landmarks_vox.to(torch.float64) - centre) @ rot.T + centre
+            if bool(((moved >= margin_vox) & (moved <= upper)).all()):
+                volume, landmarks_vox = rotate(volume, landmarks_vox, rot)
+                break
+    if do_flip:
+        u = torch.rand(1, generator=generator).item()
+        axis = int(torch.randint(0, 3, (1,), generator=generator).item())
+        if u < 0.5:
+            volume, landmarks_vox = flip(volume, landmarks_vox, axis)
+    return volume, landmarks_vox

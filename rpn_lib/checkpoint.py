@@ -1,0 +1,111 @@
+"""Saving and loading runs safely.
+
+Model and checkpoint files hold only tensors, numbers, strings, lists and dicts. Settings
+(preset, graph prior, label names) are stored as JSON strings, never as pickled objects, and
+files are read with ``torch.load(..., weights_only=True)``: a model file from someone else
+cannot run code. Everything read is validated before use, and writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rpn_lib.errors import ModelError
+from rpn_lib.fileio import atomic_path
+from rpn_lib.landmarks import LANDMARK_NAMES
+from rpn_lib.model import IGRPN
+from rpn_lib.presets import Preset
+from rpn_lib.prior import GraphPrior
+
+MODEL_FORMAT = "rpn-lib-model/1"
+CHECKPOINT_FORMAT = "rpn-lib-checkpoint/1"
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _load(path: str | Path, fmt: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("model file not found", path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read is the same problem for the user
+        raise ModelError(f"not a readable rpn-lib file ({type(e).__name__}: {str(e).splitlines()[0][:200]})", path) from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise ModelError(f"not an {fmt} file (format: {found!r})", path)
+    return obj
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, step: int, config: dict[str, Any]) -> None:
+    """Write everything needed to resume training exactly at ``step``."""
+    _save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+           "generator": generator.get_state(), "step": int(step), "config_json": json.dumps(config)}, Path(path))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``config`` parsed from JSON)."""
+    obj = _load(path, CHECKPOINT_FORMAT)
+    try:
+        obj["config"] = json.loads(obj["config_json"])
+        obj["step"] = int(obj["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"damaged checkpoint ({e})", path) from None
+    return obj
+
+
+def save_model(path: str | Path, model: IGRPN, preset: Preset, prior: GraphPrior,
+               label_names: tuple[str, ...] = LANDMARK_NAMES, meta: dict[str, Any] | None = None) -> None:
+    """Write what inference needs: weights, preset, graph prior, label names and metadata."""
+    _save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "preset_json": json.dumps(preset.to_dict()),
+           "prior_json": json.dumps(prior.to_dict()), "label_names": list(label_names),
+           "meta_json": json.dumps(meta or {})}, Path(path))
+
+
+@dataclass
+class LoadedModel:
+    """A model read from disk with its settings."""
+
+    model: IGRPN
+    preset: Preset
+    prior: GraphPrior
+    label_names: list[str]
+    meta: dict[str, Any]
+    path: Path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read and validate a ``model.pt`` written by :func:`save_model`.
+
+    Raises:
+        ModelError: missing or unreadable file, wrong format, damaged settings, weights that
+            do not fit the preset's network.
+    """
+    path = Path(path)
+    obj = _load(path, MODEL_FORMAT)
+    try:
+        preset = Preset.from_dict(json.loads(obj["preset_json"]))
+        prior = GraphPrior.from_dict(json.loads(obj["prior_json"]))
+        names = [str(n) for n in obj["label_names"]]
+        meta = json.loads(obj.get("meta_json", "{}"))
+        state = obj["state_dict"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"damaged model settings ({type(e).__name__}: {e})", path) from None
+    if tuple(names) != LANDMARK_NAMES:
+        raise ModelError(f"model predicts labels {names}, expected {list(LANDMARK_NAMES)}", path)
+    model = IGRPN(width=preset.width)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"weights do not fit a width-{preset.width} IG-RPN ({str(e).splitlines()[0][:200]})", path) from None
+    model.to(device).eval()
+    return LoadedModel(model, preset, prior, names, meta, path)

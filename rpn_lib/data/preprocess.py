@@ -1,0 +1,83 @@
+"""From a volume on disk to the model's input grid, and back.
+
+The network works on an isotropic grid at the preset's spacing, with sides that are
+multiples of 8 (three down-samplings). :func:`prepare_volume` resamples (only when needed),
+pads or crops, and normalises intensities; the returned affine maps the model grid's voxels
+to world millimetres, so predictions map back to the user's image through world coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rpn_lib.data.geometry import crop_or_pad_to_shape, resample_to_spacing, spacing_from_affine
+
+
+@dataclass
+class ModelInput:
+    """A volume ready for the network.
+
+    Attributes:
+        array: ``(D, H, W)`` float32 intensities in [0, 1].
+        affine: ``(4, 4)`` model-grid voxel -> world RAS mm.
+        spacing_mm: isotropic spacing of the grid.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing_mm: float
+
+
+def normalize_intensity(volume: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+    """Map intensities to [0, 1] by robust percentiles of the non-zero voxels.
+
+    Zero voxels (outside an ultrasound probe's field of view) stay 0. Percentiles instead of
+    min/max make a few saturated voxels harmless; a constant volume maps to zeros.
+    """
+    v = np.asarray(volume, dtype=np.float32)
+    inside = v[v > 0]
+    if inside.size == 0:
+        return np.zeros_like(v)
+    lo, hi = np.percentile(inside, [low_pct, high_pct])
+    if hi <= lo:
+        return np.zeros_like(v)
+    out = np.clip((v - lo) / (hi - lo), 0.0, 1.0)
+    out[v <= 0] = 0.0
+    return out.astype(np.float32)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def prepare_volume(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    spacing_mm: float,
+    shape_vox: tuple[int, int, int] | None = None,
+    multiple: int = 8,
+) -> ModelInput:
+    """Resample ``volume`` to an isotropic ``spacing_mm`` grid and fit it to the network.
+
+    Args:
+        volume: ``(D, H, W)`` image of any spacing and orientation.
+        affine: ``(4, 4)`` voxel -> world RAS mm of ``volume``.
+        spacing_mm: the model's isotropic spacing (the preset's).
+        shape_vox: crop or pad (centred) to exactly this shape; when None, pad each side up
+            to a multiple of ``multiple`` (the network is fully convolutional).
+        multiple: side multiple required by the network.
+
+    Returns:
+        A :class:`ModelInput` whose ``affine`` maps the new grid to the same world frame.
+    """
+    spacing = spacing_from_affine(affine)
+    if np.allclose(spacing, spacing_mm, rtol=1e-3, atol=1e-4):
+        vol, aff = np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64)
+    else:
+        vol, aff = resample_to_spacing(volume, affine, spacing_mm, order=1)
+    target = shape_vox if shape_vox is not None else tuple(_round_up(s, multiple) for s in vol.shape)
+    if tuple(vol.shape) != tuple(target):
+        vol, aff = crop_or_pad_to_shape(vol, aff, target)
+    return ModelInput(normalize_intensity(vol), aff, float(spacing_mm))

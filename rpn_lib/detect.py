@@ -1,0 +1,222 @@
+"""Inference: volume -> network -> candidates per landmark -> graph prior -> five landmarks.
+
+:class:`Detector` wraps a trained model. For each volume it resamples to the model's grid,
+runs the network once, keeps the best few anchors per class *before* decoding any box (only
+those are decoded, see :func:`rpn_lib.candidates.select_candidates`), applies class-wise NMS,
+keeps the top-2 candidates per class, and lets the graph prior (Eq. 4) choose among the
+2^5 = 32 combinations. Results are given on the model grid (boxes), in the input image's
+voxels and in world millimetres (landmarks).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rpn_lib.anchors import anchor_grid
+from rpn_lib.boxes import BoxCoder
+from rpn_lib.candidates import select_candidates
+from rpn_lib.checkpoint import LoadedModel, load_model
+from rpn_lib.data.geometry import voxel_to_world, world_to_voxel
+from rpn_lib.data.preprocess import ModelInput, prepare_volume
+from rpn_lib.errors import DataError
+from rpn_lib.landmarks import LANDMARK_NAMES
+from rpn_lib.prior import select_combination
+from rpn_lib.train import resolve_device
+
+
+@dataclass
+class Candidate:
+    """One scored box of one landmark class, on the model grid."""
+
+    box_vox: np.ndarray  # (6,) cz, cy, cx, d, h, w
+    score: float
+    world_mm: np.ndarray  # (3,) box centre, RAS mm
+
+
+@dataclass
+class Detection:
+    """Five landmarks found in one volume.
+
+    Attributes:
+        boxes_vox: ``(5, 6)`` chosen boxes on the model grid (``model_affine`` maps it to mm).
+        landmarks_world: ``(5, 3)`` box centres, RAS mm.
+        landmarks_vox: ``(5, 3)`` the same points in the input image's voxel coordinates.
+        scores: ``(5,)`` class probability of each chosen box.
+        candidates: per class (``LANDMARK_NAMES`` order), the top-k candidates, best first.
+        choice: ``(5,)`` index of the chosen candidate of each class.
+        log_penalty: log of Eq. 4's penalty of the choice (None without the prior).
+        ranked: every combination scored by the prior, best first, as (choice, log penalty).
+        model_affine: ``(4, 4)`` model-grid voxel -> world mm.
+        timing_ms: time spent in ``network``, ``candidates`` and ``prior``.
+    """
+
+    boxes_vox: np.ndarray
+    landmarks_world: np.ndarray
+    landmarks_vox: np.ndarray
+    scores: np.ndarray
+    candidates: list[list[Candidate]]
+    choice: np.ndarray
+    log_penalty: float | None
+    ranked: list[tuple[tuple[int, ...], float]]
+    model_affine: np.ndarray
+    spacing_mm: float
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``rpn-lib detect`` writes next to the markups)."""
+        return {
+            "landmarks": {n: {"world_mm_ras": self.landmarks_world[k].round(3).tolist(),
+                              "voxel": self.landmarks_vox[k].round(3).tolist(),
+                              "score": round(float(self.scores[k]), 5),
+                              "box_model_vox": self.boxes_vox[k].round(3).tolist()}
+                          for k, n in enumerate(LANDMARK_NAMES)},
+            "log_penalty": self.log_penalty,
+            "choice": [int(c) for c in self.choice],
+            "candidates": {n: [{"box_model_vox": c.box_vox.round(3).tolist(), "score": round(c.score, 5),
+                                "world_mm_ras": c.world_mm.round(3).tolist()} for c in self.candidates[k]]
+                           for k, n in enumerate(LANDMARK_NAMES)},
+            "ranked_combinations": [{"choice": list(ch), "log_penalty": lp} for ch, lp in self.ranked[:10]],
+            "model_affine": self.model_affine.tolist(),
+            "spacing_mm": self.spacing_mm,
+            "timing_ms": {k: round(v, 2) for k, v in self.timing_ms.items()},
+        }
+
+
+class Detector:
+    """A trained IG-RPN ready to detect landmarks.
+
+    Args:
+        loaded: a model from :func:`rpn_lib.checkpoint.load_model`.
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        amp: bf16 (CPU) / fp16 (CUDA) autocast of the network.
+        pre_nms_top_n: anchors per class decoded before NMS.
+    """
+
+    def __init__(self, loaded: LoadedModel, device: str | torch.device = "auto", amp: bool = False,
+                 pre_nms_top_n: int = 64) -> None:
+        self.device = resolve_device(device)
+        self.loaded = loaded
+        self.model = loaded.model.to(self.device).eval()
+        self.preset = loaded.preset
+        self.prior = loaded.prior
+        self.amp = amp
+        self.pre_nms_top_n = pre_nms_top_n
+        self.coder = BoxCoder()
+        self._anchors: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: str | torch.device = "auto", **kw: Any) -> "Detector":
+        """Load ``model.pt`` and wrap it."""
+        return cls(load_model(path), device=device, **kw)
+
+    def anchors(self, feature_shape: tuple[int, int, int]) -> torch.Tensor:
+        """Anchors of a feature map, cached per shape."""
+        if feature_shape not in self._anchors:
+            self._anchors[feature_shape] = anchor_grid(feature_shape, self.model.stride,
+                                                       self.preset.anchor_base_vox, device=self.device)
+        return self._anchors[feature_shape]
+
+    def prepare(self, volume: np.ndarray, affine: np.ndarray | None = None,
+                spacing_mm: float | None = None) -> ModelInput:
+        """Validate and resample one volume to the model grid (see :func:`prepare_volume`)."""
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise DataError(f"expected a 3D volume, got shape {volume.shape}")
+        if not np.isfinite(volume).all():
+            raise DataError("volume contains NaN or infinite values")
+        if affine is None:
+            if spacing_mm is None:
+                raise ValueError("give the volume's affine or its isotropic spacing_mm")
+            affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
+        if min(s * sp for s, sp in zip(volume.shape, np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))) < 8 * self.preset.spacing_mm * 2:
+            raise DataError(f"volume of shape {volume.shape} is too small for this model")
+        return prepare_volume(volume, np.asarray(affine, dtype=np.float64), self.preset.spacing_mm)
+
+    @torch.inference_mode()
+    def detect(self, volume: np.ndarray, affine: np.ndarray | None = None, spacing_mm: float | None = None,
+               use_prior: bool = True) -> Detection:
+        """Find the five landmarks in one volume.
+
+        Args:
+            volume: ``(D, H, W)`` image, any intensity range.
+            affine: ``(4, 4)`` voxel -> world mm; or give ``spacing_mm`` for an isotropic
+                volume at the origin.
+            use_prior: choose among the top-2 candidates with the graph prior (Sec. 2.3);
+                False takes the top-scoring candidate of each class.
+        """
+        inp = self.prepare(volume, affine, spacing_mm)
+        in_affine = np.asarray(affine if affine is not None else np.diag([spacing_mm] * 3 + [1.0]), dtype=np.float64)
+        return self.detect_prepared([inp], [in_affine], use_prior)[0]
+
+    @torch.inference_mode()
+    def detect_batch(self, volumes: list[np.ndarray], affines: list[np.ndarray], use_prior: bool = True) -> list[Detection]:
+        """Detect in several volumes; volumes of the same model-grid shape share a forward pass."""
+        inputs = [self.prepare(v, a) for v, a in zip(volumes, affines)]
+        return self.detect_prepared(inputs, [np.asarray(a, dtype=np.float64) for a in affines], use_prior)
+
+    @torch.inference_mode()
+    def detect_prepared(self, inputs: list[ModelInput], in_affines: list[np.ndarray], use_prior: bool = True) -> list[Detection]:
+        """Detect in volumes already on the model grid (``in_affines``: the original images')."""
+        results: list[Detection | None] = [None] * len(inputs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, inp in enumerate(inputs):
+            groups.setdefault(tuple(inp.array.shape), []).append(i)
+        for shape, members in groups.items():
+            t0 = time.perf_counter()
+            x = torch.from_numpy(np.stack([inputs[i].array for i in members]))[:, None].to(self.device)
+            dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+            with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+                out = self.model(x)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            t_net = (time.perf_counter() - t0) * 1e3 / len(members)
+            anchors = self.anchors(out.feature_shape)
+            for j, i in enumerate(members):
+                results[i] = self._finish(out.cls_logits[j], out.box_deltas[j], anchors, inputs[i],
+                                          in_affines[i], use_prior, t_net)
+        return results  # type: ignore[return-value]
+
+    def _finish(self, logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, inp: ModelInput,
+                in_affine: np.ndarray, use_prior: bool, t_net: float) -> Detection:
+        t0 = time.perf_counter()
+        per_class = select_candidates(logits.float(), deltas.float(), anchors, self.coder,
+                                      pre_nms_top_n=self.pre_nms_top_n, nms_iou=self.preset.nms_iou,
+                                      top_k=self.preset.top_k)
+        cands: list[list[Candidate]] = []
+        for boxes, scores, _ in per_class:
+            b = boxes.cpu().double().numpy()
+            w = voxel_to_world(b[:, :3], inp.affine) if len(b) else np.zeros((0, 3))
+            cands.append([Candidate(b[m], float(scores[m]), w[m]) for m in range(len(b))])
+        if any(len(c) == 0 for c in cands):
+            raise DataError("the model found no candidate for some landmark (empty or blank volume?)")
+        t_cand = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        k = max(len(c) for c in cands)
+        if use_prior:
+            centres = np.full((len(cands), k, 3), np.nan)
+            scores = np.full((len(cands), k), -np.inf)
+            for c, lst in enumerate(cands):
+                for m, cand in enumerate(lst):
+                    centres[c, m], scores[c, m] = cand.world_mm, cand.score
+            res = select_combination(centres, scores, self.prior)
+            choice = np.asarray(res.choice, dtype=int)
+            log_pen: float | None = float(res.log_penalty)
+            ranked = [(tuple(int(v) for v in ch), float(lp)) for ch, lp in res.ranked]
+        else:
+            choice = np.zeros(len(cands), dtype=int)
+            log_pen, ranked = None, []
+        t_prior = (time.perf_counter() - t0) * 1e3
+        chosen = [cands[c][choice[c]] for c in range(len(cands))]
+        world = np.stack([c.world_mm for c in chosen])
+        return Detection(
+            boxes_vox=np.stack([c.box_vox for c in chosen]), landmarks_world=world,
+            landmarks_vox=world_to_voxel(world, in_affine), scores=np.array([c.score for c in chosen]),
+            candidates=cands, choice=choice, log_penalty=log_pen, ranked=ranked, model_affine=inp.affine,
+            spacing_mm=inp.spacing_mm, timing_ms={"network": t_net, "candidates": t_cand, "prior": t_prior},
+        )

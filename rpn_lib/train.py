@@ -1,0 +1,318 @@
+"""Training the IG-RPN: one function, :func:`train`, used by the CLI and the book.
+
+Per step: draw ``batch_size`` training volumes, augment each (rotation and flip, Sec. 3),
+run the network, label all anchors of each volume against its five landmark-centred boxes
+(positive IoU > 0.5 or best anchor of a box, negative IoU < 0.25, Sec. 3), sample a fixed
+number of anchors per volume, and minimise the IoU-balanced classification loss (Eq. 2-3)
+plus a smooth-L1 box loss on the positives.
+
+A run folder holds ``checkpoint.pt`` (everything needed to resume exactly: weights, optimiser,
+step, random state), ``model.pt`` (what inference needs: weights, preset, graph prior, label
+names), ``log.csv`` (losses every ``log_every`` steps) and ``train.json`` (the run's settings
+and timing). Both ``.pt`` files hold only tensors, numbers and strings, and are read with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rpn_lib.anchors import Matcher, anchor_grid, label_anchors, sample_anchors
+from rpn_lib.augment import augment
+from rpn_lib.boxes import BoxCoder, box_iou_pairwise
+from rpn_lib.checkpoint import load_checkpoint, save_checkpoint, save_model
+from rpn_lib.data.dataset import LandmarkDataset
+from rpn_lib.data.geometry import world_to_voxel
+from rpn_lib.data.preprocess import prepare_volume
+from rpn_lib.errors import DataError
+from rpn_lib.fileio import atomic_write, atomic_write_json
+from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS, box_size_vox
+from rpn_lib.losses import box_regression_loss, classification_loss
+from rpn_lib.model import IGRPN
+from rpn_lib.presets import Preset, get_preset
+from rpn_lib.prior import GraphPrior
+
+LOG_FIELDS = ("step", "lr", "loss", "cls", "box", "positives", "sec_per_step")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class TrainingSet:
+    """Training volumes on the model grid, held in memory.
+
+    Attributes:
+        volumes: ``(N, D, H, W)`` float32 in [0, 1].
+        landmarks_vox: ``(N, 5, 3)`` landmark voxel coordinates on the model grid.
+        landmarks_world: ``(N, 5, 3)`` the same landmarks in world mm (for the graph prior).
+        case_ids: case identifiers.
+    """
+
+    volumes: torch.Tensor
+    landmarks_vox: torch.Tensor
+    landmarks_world: np.ndarray
+    case_ids: list[str]
+
+
+def load_training_set(dataset: LandmarkDataset, preset: Preset, progress: bool = True) -> TrainingSet:
+    """Load and prepare every case of ``dataset`` for ``preset`` (resampled, fixed shape)."""
+    if len(dataset) == 0:
+        raise DataError("the training split has no cases", getattr(dataset, "root", None))
+    vols, lms_vox, lms_world, ids = [], [], [], []
+    for i in tqdm(range(len(dataset)), desc="loading", disable=not progress, leave=False):
+        case = dataset[i]
+        inp = prepare_volume(case.volume, case.affine, preset.spacing_mm, preset.shape_vox)
+        vols.append(torch.from_numpy(inp.array))
+        lms_vox.append(torch.from_numpy(world_to_voxel(case.landmarks_world, inp.affine)).float())
+        lms_world.append(case.landmarks_world)
+        ids.append(case.case_id)
+    return TrainingSet(torch.stack(vols), torch.stack(lms_vox), np.stack(lms_world), ids)
+
+
+def gt_boxes_from_landmarks(landmarks_vox: torch.Tensor, spacing_mm: float) -> torch.Tensor:
+    """``(5, 3)`` landmark voxels -> ``(5, 6)`` landmark-centred cubic boxes (Sec. 2.2 sizes)."""
+    sizes = torch.tensor(box_size_vox(spacing_mm), dtype=landmarks_vox.dtype, device=landmarks_vox.device)
+    return torch.cat([landmarks_vox, sizes[:, None].expand(-1, 3)], dim=1)
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to 5 % of ``peak`` at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@dataclass
+class StepLosses:
+    """Losses of one step (batch means)."""
+
+    total: torch.Tensor
+    cls: float
+    box: float
+    positives: float
+
+
+def compute_losses(
+    out_logits: torch.Tensor,
+    out_deltas: torch.Tensor,
+    anchors: torch.Tensor,
+    landmarks_vox: torch.Tensor,
+    preset: Preset,
+    coder: BoxCoder,
+    matcher: Matcher,
+    generator: torch.Generator,
+    iou_balance: bool = True,
+) -> StepLosses:
+    """Eq. 2-3 classification loss + smooth-L1 box loss for a batch.
+
+    Args:
+        out_logits: ``(B, N, K+1)`` network class logits.
+        out_deltas: ``(B, N, 6)`` network box deltas.
+        anchors: ``(N, 6)`` anchors of the feature map.
+        landmarks_vox: ``(B, 5, 3)`` ground-truth landmarks on the model grid.
+        iou_balance: weight positives by Eq. 3 (False: plain cross-entropy, the ablation).
+    """
+    classes = torch.arange(NUM_LANDMARKS, device=anchors.device)
+    cls_terms, box_terms, n_pos = [], [], 0.0
+    for b in range(out_logits.shape[0]):
+        gt = gt_boxes_from_landmarks(landmarks_vox[b].to(anchors), preset.spacing_mm)
+        labels, matched = label_anchors(anchors, gt, classes, matcher)
+        pos_idx, neg_idx = sample_anchors(labels.cpu(), preset.anchors_per_volume, preset.max_pos_fraction, generator)
+        pos_idx, neg_idx = pos_idx.to(anchors.device), neg_idx.to(anchors.device)
+        idx = torch.cat([pos_idx, neg_idx])
+        logits = out_logits[b, idx].float()
+        lab = labels[idx]
+        deltas_pos = out_deltas[b, pos_idx].float()
+        gt_pos = gt[matched[pos_idx]]
+        with torch.no_grad():
+            ious = torch.zeros(idx.numel(), device=anchors.device)
+            if pos_idx.numel():
+                ious[: pos_idx.numel()] = box_iou_pairwise(coder.decode(anchors[pos_idx], deltas_pos), gt_pos)
+        cls_terms.append(classification_loss(logits, lab, ious, eta=preset.eta, iou_balance=iou_balance))
+        if pos_idx.numel():
+            box_terms.append(box_regression_loss(deltas_pos, coder.encode(anchors[pos_idx], gt_pos)))
+        n_pos += pos_idx.numel()
+    cls_loss = torch.stack(cls_terms).mean()
+    box_loss = torch.stack(box_terms).mean() if box_terms else out_deltas.sum() * 0.0
+    return StepLosses(cls_loss + box_loss, float(cls_loss), float(box_loss), n_pos / out_logits.shape[0])
+
+
+@dataclass
+class TrainResult:
+    """Where a run's files are and how it went."""
+
+    run_dir: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    log: list[dict[str, float]] = field(default_factory=list)
+
+
+def _read_log(path: Path, upto_step: int) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return [r for r in rows if r["step"] <= upto_step]
+
+
+def _write_log(path: Path, rows: Sequence[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (int(r[k]) if k == "step" else f"{r[k]:.6g}") for k in LOG_FIELDS})
+    atomic_write(path, buf.getvalue())
+
+
+def train(
+    data: str | Path | LandmarkDataset,
+    out: str | Path,
+    preset: str | Preset = "cpu-small",
+    steps: int | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    iou_balance: bool = True,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    progress: bool = True,
+    max_cases: int | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train an IG-RPN on the ``train`` split of a dataset folder and write a run folder.
+
+    Args:
+        data: dataset folder (``images/``, ``landmarks/``, optional ``splits.json``) or a
+            :class:`LandmarkDataset`.
+        out: run folder (created).
+        preset: ``cpu-small``, ``paper`` or a :class:`Preset`.
+        steps: training steps (default: the preset's).
+        seed: seeds the weights, the data order, augmentation and anchor sampling.
+        resume: continue from ``out/checkpoint.pt`` exactly where it stopped.
+        iou_balance: use the IoU-balanced classification loss (Eq. 2-3); False is the
+            ablation with plain cross-entropy.
+        checkpoint_every: write ``checkpoint.pt`` and ``model.pt`` every this many steps.
+        log_every: append the running mean of the losses to ``log.csv`` this often.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward pass).
+        progress: show a progress bar with the loss and the step rate.
+        max_cases: use only the first ``max_cases`` training cases (tests, quick demos).
+        callback: called as ``callback(step, row)`` after each logged step.
+    """
+    preset = get_preset(preset)
+    steps = int(steps if steps is not None else preset.steps)
+    if steps <= 0:
+        raise ValueError("steps must be positive")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    out = Path(out)
+    dev = resolve_device(device)
+    dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")
+    ts = load_training_set(dataset, preset, progress=progress)
+    if max_cases is not None:
+        ts = TrainingSet(ts.volumes[:max_cases], ts.landmarks_vox[:max_cases], ts.landmarks_world[:max_cases], ts.case_ids[:max_cases])
+    prior = GraphPrior.fit(ts.landmarks_world)
+
+    torch.manual_seed(seed)
+    model = IGRPN(width=preset.width).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    config = {"preset": preset.to_dict(), "steps": steps, "seed": seed, "iou_balance": iou_balance,
+              "precision": precision, "train_cases": len(ts.case_ids)}
+    start_step = 0
+    ckpt_path = out / "checkpoint.pt"
+    if resume:
+        if not ckpt_path.exists():
+            raise DataError("no checkpoint.pt to resume from", out)
+        state = load_checkpoint(ckpt_path)
+        if state["config"]["preset"] != config["preset"] or state["config"]["iou_balance"] != iou_balance:
+            raise DataError("checkpoint was made with other settings (preset or iou_balance)", ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start_step = state["step"]
+    log_rows = _read_log(out / "log.csv", start_step) if resume else []
+
+    feat = model.feature_shape(preset.shape_vox)
+    anchors = anchor_grid(feat, model.stride, preset.anchor_base_vox, device=dev)
+    coder, matcher = BoxCoder(), Matcher(preset.pos_iou, preset.neg_iou, allow_low_quality_matches=True)
+    n_cases = ts.volumes.shape[0]
+    acc: dict[str, float] = {"loss": 0.0, "cls": 0.0, "box": 0.0, "positives": 0.0}
+    acc_n, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    last_loss = float("nan")
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt_path, model, optimizer, generator, step, config)
+        save_model(out / "model.pt", model, preset, prior, LANDMARK_NAMES,
+                   meta={"steps": step, "seed": seed, "iou_balance": iou_balance, "precision": precision})
+        _write_log(out / "log.csv", log_rows)
+
+    model.train()
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", disable=not progress)
+    for step in bar:
+        lr = learning_rate(step, steps, preset.lr)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, n_cases, (preset.batch_size,), generator=generator)
+        vols, lms = [], []
+        for i in idx.tolist():
+            v, lm = augment(ts.volumes[i], ts.landmarks_vox[i], generator, preset.rotation_deg, preset.flip)
+            vols.append(v)
+            lms.append(lm)
+        x = torch.stack(vols)[:, None].to(dev)
+        lm_b = torch.stack(lms).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out_ = model(x)
+        losses = compute_losses(out_.cls_logits, out_.box_deltas, anchors, lm_b, preset, coder, matcher,
+                                generator, iou_balance)
+        optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        last_loss = float(losses.total)
+        acc["loss"] += last_loss
+        acc["cls"] += losses.cls
+        acc["box"] += losses.box
+        acc["positives"] += losses.positives
+        acc_n += 1
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            now = time.perf_counter()
+            row = {"step": done, "lr": lr, **{k: v / acc_n for k, v in acc.items()},
+                   "sec_per_step": (now - t_last) / acc_n}
+            log_rows.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", cls=f"{row['cls']:.3f}", box=f"{row['box']:.3f}")
+            if callback is not None:
+                callback(done, row)
+            acc = dict.fromkeys(acc, 0.0)
+            acc_n, t_last = 0, now
+        if done % checkpoint_every == 0 or done == steps:
+            checkpoint(done)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    info = {**config, "seconds_this_session": round(seconds, 1), "device": str(dev),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    atomic_write_json(out / "train.json", info)
+    return TrainResult(out, steps, seconds, last_loss, log_rows)
