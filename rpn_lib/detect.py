@@ -48,7 +48,8 @@ class Detection:
         landmarks_world: ``(5, 3)`` box centres, RAS mm.
         landmarks_vox: ``(5, 3)`` the same points in the input image's voxel coordinates.
         scores: ``(5,)`` class probability of each chosen box.
-        candidates: per class (``LANDMARK_NAMES`` order), the top-k candidates, best first.
+        candidates: per class (``LANDMARK_NAMES`` order), the kept candidates, best first; the
+            prior chose among the first ``top_k`` (2) of each class.
         choice: ``(5,)`` index of the chosen candidate of each class.
         log_penalty: log of Eq. 4's penalty of the choice (None without the prior).
         ranked: every combination scored by the prior, best first, as (choice, log penalty).
@@ -96,10 +97,12 @@ class Detector:
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         amp: bf16 (CPU) / fp16 (CUDA) autocast of the network.
         pre_nms_top_n: anchors per class decoded before NMS.
+        keep_candidates: candidates kept per class after NMS (for ranked AP and viewing); the
+            graph prior considers the first ``preset.top_k`` (2) of them.
     """
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "auto", amp: bool = False,
-                 pre_nms_top_n: int = 64) -> None:
+                 pre_nms_top_n: int = 64, keep_candidates: int = 10) -> None:
         self.device = resolve_device(device)
         self.loaded = loaded
         self.model = loaded.model.to(self.device).eval()
@@ -107,6 +110,7 @@ class Detector:
         self.prior = loaded.prior
         self.amp = amp
         self.pre_nms_top_n = pre_nms_top_n
+        self.keep_candidates = max(keep_candidates, self.preset.top_k)
         self.coder = BoxCoder()
         self._anchors: dict[tuple[int, int, int], torch.Tensor] = {}
 
@@ -134,8 +138,10 @@ class Detector:
             if spacing_mm is None:
                 raise ValueError("give the volume's affine or its isotropic spacing_mm")
             affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
-        if min(s * sp for s, sp in zip(volume.shape, np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))) < 8 * self.preset.spacing_mm * 2:
-            raise DataError(f"volume of shape {volume.shape} is too small for this model")
+        extent_mm = np.asarray(volume.shape) * np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+        if extent_mm.min() < 16 * self.preset.spacing_mm:
+            raise DataError(f"volume of shape {volume.shape} ({extent_mm.round(1).tolist()} mm) is too small "
+                            f"for this model (at least {16 * self.preset.spacing_mm:.1f} mm per side)")
         return prepare_volume(volume, np.asarray(affine, dtype=np.float64), self.preset.spacing_mm)
 
     @torch.inference_mode()
@@ -187,7 +193,7 @@ class Detector:
         t0 = time.perf_counter()
         per_class = select_candidates(logits.float(), deltas.float(), anchors, self.coder,
                                       pre_nms_top_n=self.pre_nms_top_n, nms_iou=self.preset.nms_iou,
-                                      top_k=self.preset.top_k)
+                                      top_k=self.keep_candidates)
         cands: list[list[Candidate]] = []
         for boxes, scores, _ in per_class:
             b = boxes.cpu().double().numpy()
@@ -197,12 +203,12 @@ class Detector:
             raise DataError("the model found no candidate for some landmark (empty or blank volume?)")
         t_cand = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        k = max(len(c) for c in cands)
+        k = min(self.preset.top_k, max(len(c) for c in cands))
         if use_prior:
             centres = np.full((len(cands), k, 3), np.nan)
             scores = np.full((len(cands), k), -np.inf)
             for c, lst in enumerate(cands):
-                for m, cand in enumerate(lst):
+                for m, cand in enumerate(lst[:k]):
                     centres[c, m], scores[c, m] = cand.world_mm, cand.score
             res = select_combination(centres, scores, self.prior)
             choice = np.asarray(res.choice, dtype=int)
