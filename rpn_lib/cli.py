@@ -68,11 +68,138 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train an IG-RPN on a dataset folder",
+        description="Train on the 'train' split of DIR and write RUN/model.pt, RUN/checkpoint.pt, "
+        "RUN/log.csv and RUN/train.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (images/, landmarks/, splits.json)")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.add_argument("--no-iou-balance", dest="iou_balance", action="store_false",
+                   help="plain cross-entropy instead of the IoU-balanced loss (ablation)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast precision of the forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``rpn-lib train``: :func:`rpn_lib.train.train`."""
+    from rpn_lib.train import train
+
+    res = train(args.data, args.out, preset=args.preset, steps=args.steps, seed=args.seed, resume=args.resume,
+                iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
+                precision=args.precision, progress=args.progress)
+    print(f"trained {res.steps} steps in {res.seconds:.0f} s (final loss {res.final_loss:.4f}): {res.run_dir / 'model.pt'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# detect
+# --------------------------------------------------------------------------------------------
+
+
+def _register_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect", help="detect the five landmarks in NIfTI volumes",
+        description="For each IMAGE write OUT/<case>.mrk.json (five landmarks, world mm, 3D Slicer "
+        "markups) and OUT/<case>.json (boxes, scores, candidates, prior penalty).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, required=True, help="model.pt of a training run")
+    p.add_argument("images", type=Path, nargs="+", help="NIfTI volumes (.nii, .nii.gz)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_detect)
+
+
+def _case_id(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """``rpn-lib detect``: :meth:`rpn_lib.detect.Detector.detect` on each image."""
+    from rpn_lib.data.io import load_volume, save_landmarks
+    from rpn_lib.detect import Detector
+    from rpn_lib.fileio import atomic_write_json
+
+    det = Detector.from_file(args.model, device=args.device)
+    for path in args.images:
+        vol = load_volume(path)
+        res = det.detect(vol.array, vol.affine, use_prior=args.use_prior)
+        case = _case_id(path)
+        save_landmarks(args.out / f"{case}.mrk.json", res.landmarks_world,
+                       extra={"model": str(args.model), "scores": res.scores.round(5).tolist()})
+        atomic_write_json(args.out / f"{case}.json", {"image": str(path), **res.to_dict()})
+        total = sum(res.timing_ms.values())
+        print(f"{case}: 5 landmarks ({total:.0f} ms) -> {args.out / (case + '.mrk.json')}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a model on a dataset split",
+        description="Detect on every case of a split and write the paper's metrics (detection rates, "
+        "mIoU, d-mean) and a COCO-style ranked AP as JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", default="test", help="split of splits.json ('all' for every case)")
+    p.add_argument("--out", type=Path, required=True, help="metrics JSON file")
+    p.add_argument("--no-prior", dest="use_prior", action="store_false")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``rpn-lib evaluate``: :func:`rpn_lib.evaluate.evaluate`, then write the metrics."""
+    from rpn_lib.detect import Detector
+    from rpn_lib.evaluate import evaluate, per_case_table
+    from rpn_lib.fileio import atomic_write_json
+
+    det = Detector.from_file(args.model, device=args.device)
+    split = None if args.split == "all" else args.split
+    ev = evaluate(det, args.data, split=split, use_prior=args.use_prior, progress=args.progress)
+    atomic_write_json(args.out, {**ev.metrics, "model": str(args.model), "data": str(args.data),
+                                 "split": args.split, "per_case": per_case_table(ev)})
+    m = ev.metrics
+    print(f"{m['n_cases']} cases: d-mean {m['d_mean_mm']:.2f} +- {m['d_std_mm']:.2f} mm, "
+          f"DR35/50/75 {100 * m['dr35']:.1f}/{100 * m['dr50']:.1f}/{100 * m['dr75']:.1f} %, "
+          f"mIoU {100 * m['miou']:.1f} %, AP(COCO) {100 * m['ap_coco']:.1f} %, {m['time_ms']:.0f} ms/volume -> {args.out}")
+    return 0
+
 # --------------------------------------------------------------------------------------------
 # parser and entry point
 # --------------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_register_synth]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_synth, _register_train, _register_detect, _register_evaluate,
+]
 """Register functions, one per subcommand, in the order ``--help`` lists them."""
 
 

@@ -39,12 +39,13 @@ def iou_balanced_weights(ious: torch.Tensor, ce: torch.Tensor, eta: float) -> to
     if ious.shape != ce.shape:
         raise ValueError(f"ious {tuple(ious.shape)} and ce {tuple(ce.shape)} must have the same shape")
     with torch.no_grad():
-        u = ious.detach().to(torch.float64).clamp(0.0, 1.0) ** eta
-        c = ce.detach().to(torch.float64)
+        dtype = torch.promote_types(ce.dtype, torch.float32)  # at least fp32 (bf16/fp16 CE under autocast)
+        u = ious.detach().to(dtype).clamp(0.0, 1.0) ** eta
+        c = ce.detach().to(dtype)
         num = c.sum()
         den = (u * c).sum()
         if not bool(den > 0) or not torch.isfinite(den):
-            return torch.ones_like(ce, memory_format=torch.contiguous_format).detach()
+            return torch.ones_like(ce).detach()
         return (u * (num / den)).to(ce.dtype)
 
 

@@ -154,7 +154,7 @@ def compute_losses(
         n_pos += pos_idx.numel()
     cls_loss = torch.stack(cls_terms).mean()
     box_loss = torch.stack(box_terms).mean() if box_terms else out_deltas.sum() * 0.0
-    return StepLosses(cls_loss + box_loss, float(cls_loss), float(box_loss), n_pos / out_logits.shape[0])
+    return StepLosses(cls_loss + box_loss, float(cls_loss.detach()), float(box_loss.detach()), n_pos / out_logits.shape[0])
 
 
 @dataclass
@@ -291,7 +291,7 @@ def train(
         losses.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
-        last_loss = float(losses.total)
+        last_loss = float(losses.total.detach())
         acc["loss"] += last_loss
         acc["cls"] += losses.cls
         acc["box"] += losses.box

@@ -80,14 +80,14 @@ def random_case(rng: np.random.Generator, n_images: int = 6):
         db, dc = [], []
         for k in range(5):
             n = rng.integers(0, 5)
-            jitter = np.concatenate([rng.normal(0, 2.5, (n, 3)), rng.normal(0, 2, (n, 3))], axis=1)
+            jitter = np.concatenate([rng.normal(0, 1.0, (n, 3)), rng.normal(0, 1.0, (n, 3))], axis=1)
             db.append(gb[k] + jitter)
             dc.append(np.full(n, k))
             if rng.random() < 0.3:  # a detection of the class far away
                 db.append(np.concatenate([rng.uniform(20, 100, (1, 3)), gb[k:k + 1, 3:]], axis=1))
                 dc.append(np.array([k]))
         db = np.concatenate(db)
-        db[:, 3:] = np.abs(db[:, 3:]) + 1
+        db[:, 3:] = np.abs(db[:, 3:])
         dets.append((db, rng.random(len(db)), np.concatenate(dc)))
         gts.append((gb, gc))
     return dets, gts
@@ -119,3 +119,4 @@ def test_coco_ap_matches_monai(seed: int) -> None:
     assert ours["ap35"] == pytest.approx(ref["AP_IoU_0.35_MaxDet_100"], abs=1e-6)
     for k in range(5):
         assert ours["per_class"][k] == pytest.approx(ref[f"{k}_mAP_IoU_0.50_0.95_0.05_MaxDet_100"], abs=1e-6)
+        assert ours["per_class_ap50"][k] == pytest.approx(ref[f"{k}_AP_IoU_0.50_MaxDet_100"], abs=1e-6)

@@ -27,7 +27,7 @@ Simplifications (choices): the beam axis is array axis 0 (world +R) for the PSF 
 specular term, i.e. the fan's rays are treated as parallel there (they deviate by up to ~40
 degrees at the sector's edges); attenuation, shadows, TGC and the field of view follow the
 true rays from the apex. The probe sits above the volume on the low-index side of axis 0.
-PSF widths are given in mm with a floor in voxels (axial >= 0.5, lateral >= 0.9 voxel) so
+PSF widths are given in mm with a floor in voxels (axial >= 0.4, lateral >= 0.6 voxel) so
 that speckle stays resolved on coarse grids.
 """
 
@@ -51,21 +51,21 @@ __all__ = [
 
 # echogenicity (amplitude, 1 = bone), attenuation dB/mm one way, reflectivity (specular)
 TISSUE_ACOUSTICS: dict[Tissue, tuple[float, float, float]] = {
-    Tissue.FLUID: (0.003, 0.002, 0.00),
+    Tissue.FLUID: (0.001, 0.002, 0.00),
     Tissue.MATERNAL_FAT: (0.05, 0.06, 0.20),
     Tissue.FASCIA: (0.45, 0.10, 0.50),
     Tissue.UTERUS: (0.10, 0.10, 0.30),
     Tissue.PLACENTA: (0.15, 0.08, 0.30),
-    Tissue.SOFT_TISSUE: (0.085, 0.08, 0.30),
-    Tissue.SKIN: (0.30, 0.10, 0.45),
-    Tissue.BRAIN: (0.030, 0.05, 0.22),
+    Tissue.SOFT_TISSUE: (0.055, 0.08, 0.25),
+    Tissue.SKIN: (0.25, 0.10, 0.35),
+    Tissue.BRAIN: (0.030, 0.05, 0.20),
     Tissue.MIDLINE: (0.30, 0.08, 0.35),
     Tissue.BONE: (0.90, 2.00, 1.00),
-    Tissue.EYE_GLOBE: (0.004, 0.005, 0.05),
-    Tissue.EYE_RIM: (0.22, 0.08, 0.35),
-    Tissue.LENS: (0.12, 0.05, 0.25),
+    Tissue.EYE_GLOBE: (0.002, 0.005, 0.18),
+    Tissue.EYE_RIM: (0.10, 0.08, 0.22),
+    Tissue.LENS: (0.08, 0.05, 0.22),
     Tissue.CORD: (0.13, 0.08, 0.30),
-    Tissue.VESSEL: (0.006, 0.01, 0.08),
+    Tissue.VESSEL: (0.006, 0.01, 0.15),
 }
 """Per tissue: echogenicity (scattering amplitude; bone = 0.9), attenuation in dB/mm one way
 (bone's value is replaced by the difficulty's), reflectivity (drives specular echoes)."""
@@ -105,13 +105,13 @@ class Difficulty:
 
 
 DIFFICULTIES: dict[str, Difficulty] = {
-    "easy": Difficulty(speckle=0.6, noise_db=-52.0, bone_db_per_mm=1.0, distractor_prob=0.0,
+    "easy": Difficulty(speckle=0.6, noise_db=-60.0, bone_db_per_mm=1.5, distractor_prob=0.0,
                        max_tilt_deg=60.0, dynamic_range_db=(42.0, 48.0), gain_db=2.0,
                        contrast=(1.0, 1.0), psf_scale=0.9),
-    "standard": Difficulty(speckle=0.9, noise_db=-46.0, bone_db_per_mm=2.0, distractor_prob=0.25,
+    "standard": Difficulty(speckle=0.9, noise_db=-55.0, bone_db_per_mm=3.0, distractor_prob=0.25,
                            max_tilt_deg=110.0, dynamic_range_db=(44.0, 52.0), gain_db=4.0,
                            contrast=(0.85, 1.0), psf_scale=1.0),
-    "hard": Difficulty(speckle=1.0, noise_db=-40.0, bone_db_per_mm=3.5, distractor_prob=0.5,
+    "hard": Difficulty(speckle=1.0, noise_db=-50.0, bone_db_per_mm=4.0, distractor_prob=0.5,
                        max_tilt_deg=180.0, dynamic_range_db=(46.0, 58.0), gain_db=6.0,
                        contrast=(0.7, 0.9), psf_scale=1.3),
 }
@@ -203,12 +203,12 @@ class Acquisition:
     gain_db: float = 0.0
     dynamic_range_db: float = 48.0
     gamma: float = 1.0
-    noise_db: float = -46.0
+    noise_db: float = -55.0
     speckle: float = 0.9
-    psf_axial_mm: float = 0.8
-    psf_lateral_mm: float = 1.8
-    tgc_db_per_mm: float = 0.1
-    bone_db_per_mm: float = 2.0
+    psf_axial_mm: float = 0.5
+    psf_lateral_mm: float = 1.0
+    tgc_db_per_mm: float = 0.03
+    bone_db_per_mm: float = 3.0
     contrast: float = 1.0
     specular: float = 0.6
 
@@ -225,9 +225,9 @@ def sample_acquisition(rng: np.random.Generator, difficulty: str | Difficulty = 
         gamma=float(rng.uniform(0.85, 1.15)),
         noise_db=float(d.noise_db + rng.uniform(-3.0, 3.0)),
         speckle=d.speckle,
-        psf_axial_mm=float(0.8 * d.psf_scale * rng.uniform(0.85, 1.15)),
-        psf_lateral_mm=float(1.8 * d.psf_scale * rng.uniform(0.85, 1.15)),
-        tgc_db_per_mm=float(rng.uniform(0.04, 0.14)),
+        psf_axial_mm=float(0.5 * d.psf_scale * rng.uniform(0.85, 1.15)),
+        psf_lateral_mm=float(1.0 * d.psf_scale * rng.uniform(0.85, 1.15)),
+        tgc_db_per_mm=float(rng.uniform(0.01, 0.05)),
         bone_db_per_mm=float(d.bone_db_per_mm * rng.uniform(0.8, 1.2)),
         contrast=float(rng.uniform(*d.contrast)),
         specular=float(rng.uniform(0.4, 0.8)),
@@ -262,8 +262,8 @@ def _gauss_kernel(sigma: float, truncate: float) -> np.ndarray:
 
 def psf_sigmas_vox(acq: Acquisition, spacing_mm: float) -> tuple[float, float, float]:
     """PSF standard deviations in voxels along axes 0 (beam), 1, 2, with the voxel floor."""
-    ax = max(acq.psf_axial_mm, 0.5 * spacing_mm) / spacing_mm
-    lat = max(acq.psf_lateral_mm, 0.9 * spacing_mm) / spacing_mm
+    ax = max(acq.psf_axial_mm, 0.4 * spacing_mm) / spacing_mm
+    lat = max(acq.psf_lateral_mm, 0.6 * spacing_mm) / spacing_mm
     return (ax, lat, lat)
 
 
@@ -277,12 +277,13 @@ def scatterer_field(maps: np.ndarray, acq: Acquisition, sigmas: Sequence[float],
     ``maps[0]`` is the echogenicity ``E`` and ``maps[2]`` the reflectivity ``Z``. The speckle
     part ``E sqrt(speckle) n / sqrt(sum h^2)`` (n complex normal, unit power) gives echo power
     ``speckle E^2`` after the unit-DC-gain PSF ``h``; the coherent part ``E sqrt(1 - speckle)``
-    gives the rest; the specular part ``specular |dZ/dx0| / h_max`` makes an isolated step of
-    Z an echo of peak ``specular * dZ`` whatever the voxel size.
+    gives the rest; the specular part ``specular |dZ/dx0| / h0_max`` (``h0``: the axial
+    kernel) makes a step of Z across a surface facing the probe an echo of peak about
+    ``specular * dZ`` whatever the voxel size.
     """
     ks = [_gauss_kernel(s, _TRUNCATE) for s in sigmas]
     sum_h2 = float(np.prod([(k ** 2).sum() for k in ks]))
-    h_max = float(np.prod([k.max() for k in ks]))
+    h_max = float(ks[0].max())
     e = maps[0]
     shape = e.shape
     a = np.float32(np.sqrt(acq.speckle / 2.0 / sum_h2))

@@ -52,11 +52,13 @@ def _score_alpha(scores: np.ndarray | None, n: int, low: float = 0.35) -> np.nda
 
 
 def add_volume(viewer, volume: np.ndarray, spacing_mm: float = 1.0, name: str = "ultrasound",
-               rendering: str = "attenuated_mip", percentiles: tuple[float, float] = (1.0, 99.8)):
+               rendering: str = "attenuated_mip", percentiles: tuple[float, float] = (50.0, 99.8)):
     """Add ``volume`` ``(D, H, W)`` as a grey image layer in mm, returned.
 
-    Contrast limits are the given percentiles of the intensities, so speckle does not wash the
-    rendering out. ``rendering="attenuated_mip"`` (default) shows the nearest bright surface in
+    Contrast limits are the given percentiles of the intensities. The default lower limit, the
+    median, maps the darker half of the voxels (mostly background speckle around the head) to
+    black, which keeps the 3D rendering free of fog; in 2D it shows the tissue with a black
+    background. Pass ``percentiles=(1, 99.8)`` to see the speckle. ``rendering="attenuated_mip"`` (default) shows the nearest bright surface in
     3D, the look of an ultrasound volume rendering; ``"mip"`` shows the brightest voxel along
     each ray. In 2D display the rendering is irrelevant.
     """
@@ -190,11 +192,17 @@ def show_case(
 ):
     """Open (or fill) a napari viewer with one case: the viewer of the book and the CLI.
 
-    Layers, bottom to top: the volume (:func:`add_volume`); ``candidates`` as points at the box
-    centres, coloured by class, size and opacity growing with the score; ``ground truth boxes``
-    (thick, opaque) and ``ground truth landmarks`` (white-bordered discs); ``predicted boxes``
-    (thin, 0.8 opaque); and ``chosen combination``: the candidate boxes the graph prior chose,
-    drawn thick with their centres as larger white-bordered stars.
+    Layers, bottom to top: the volume (:func:`add_volume`); ``ground truth boxes`` (thick,
+    opaque); ``predicted boxes`` (thin, 0.8 opaque); ``chosen combination``, the candidate boxes
+    the graph prior chose (medium, opaque); ``candidates`` as points at the box centres,
+    coloured by class, black-bordered, size and opacity growing with the score; ``ground truth
+    landmarks`` (white-bordered discs); ``chosen centres`` (larger white-bordered stars). Box and
+    point layers ignore depth, so they stay visible inside the rendered volume, and points draw
+    over boxes.
+
+    In 2D display napari shows a box edge only on the slices its two end points lie on, so a
+    wireframe appears as its two faces normal to the sliced axis, not as a cross-section; for
+    slices use :func:`rpn_lib.viz.planes.plot_orthogonal_planes`.
 
     Args:
         volume: ``(D, H, W)`` intensities.
@@ -226,41 +234,40 @@ def show_case(
     marker = max(3.0, min(volume.shape) / 25.0)  # point diameter in voxels
 
     cands = _normalise_candidates(candidates) if candidates is not None else []
-    if cands:
-        pts = np.concatenate([b[:, :3] for b, _ in cands]) if any(len(b) for b, _ in cands) else np.zeros((0, 3))
-        cls = np.concatenate([np.full(len(b), k) for k, (b, _) in enumerate(cands)]).astype(int)
-        sc = np.concatenate([s for _, s in cands]) if len(cls) else np.zeros(0)
-        if len(pts):
-            add_points(viewer, pts, cls, name="candidates", spacing_mm=spacing_mm,
-                       size=marker * (0.5 + 0.7 * np.clip(sc, 0, 1)), scores=sc, border_color="black")
+    chosen_rows: list[np.ndarray] = []
+    chosen_classes: list[int] = []
+    if chosen is not None:
+        if not cands:
+            raise ValueError("chosen needs candidates")
+        for k, idx in enumerate(np.asarray(chosen, dtype=int).reshape(-1)[: len(cands)]):
+            if 0 <= idx < len(cands[k][0]):
+                chosen_rows.append(cands[k][0][idx])
+                chosen_classes.append(k)
+
+    # Boxes first, points last: with "translucent_no_depth" blending later layers draw on top.
     if gt_boxes_vox is not None:
         gt = np.asarray(gt_boxes_vox, dtype=float).reshape(-1, 6)
         add_boxes(viewer, gt, np.arange(len(gt)), name="ground truth boxes", spacing_mm=spacing_mm)
-    if gt_landmarks_vox is not None:
-        lm = np.asarray(gt_landmarks_vox, dtype=float).reshape(-1, 3)
-        add_points(viewer, lm, np.arange(len(lm)), name="ground truth landmarks", spacing_mm=spacing_mm,
-                   size=marker)
     if pred_boxes_vox is not None:
         pred = np.asarray(pred_boxes_vox, dtype=float).reshape(-1, 6)
         add_boxes(viewer, pred, np.arange(len(pred)), name="predicted boxes", spacing_mm=spacing_mm,
                   prediction=True)
-    if chosen is not None:
-        if not cands:
-            raise ValueError("chosen needs candidates")
-        chosen = np.asarray(chosen, dtype=int).reshape(-1)
-        rows, cls, sc = [], [], []
-        for k, idx in enumerate(chosen[: len(cands)]):
-            boxes, scores = cands[k]
-            if 0 <= idx < len(boxes):
-                rows.append(boxes[idx])
-                cls.append(k)
-                sc.append(scores[idx])
-        if rows:
-            rows_arr = np.asarray(rows)
-            add_boxes(viewer, rows_arr, cls, name="chosen combination", spacing_mm=spacing_mm,
-                      edge_width_mm=0.9 * vox)
-            add_points(viewer, rows_arr[:, :3], cls, name="chosen centres", spacing_mm=spacing_mm,
-                       size=1.5 * marker, symbol="star")
+    if chosen_rows:
+        add_boxes(viewer, np.asarray(chosen_rows), chosen_classes, name="chosen combination",
+                  spacing_mm=spacing_mm, edge_width_mm=0.45 * vox)
+    if cands and sum(len(b) for b, _ in cands):
+        pts = np.concatenate([b[:, :3] for b, _ in cands])
+        cls = np.concatenate([np.full(len(b), k) for k, (b, _) in enumerate(cands)]).astype(int)
+        sc = np.concatenate([s for _, s in cands])
+        add_points(viewer, pts, cls, name="candidates", spacing_mm=spacing_mm,
+                   size=marker * (0.5 + 0.7 * np.clip(sc, 0, 1)), scores=sc, border_color="black")
+    if gt_landmarks_vox is not None:
+        lm = np.asarray(gt_landmarks_vox, dtype=float).reshape(-1, 3)
+        add_points(viewer, lm, np.arange(len(lm)), name="ground truth landmarks", spacing_mm=spacing_mm,
+                   size=marker)
+    if chosen_rows:
+        add_points(viewer, np.asarray(chosen_rows)[:, :3], chosen_classes, name="chosen centres",
+                   spacing_mm=spacing_mm, size=1.5 * marker, symbol="star")
     viewer.reset_view()
     return viewer
 
@@ -303,8 +310,12 @@ def screenshot(
         left, top, win_w, win_h = viewer.window.geometry()
         viewer.window.resize(win_w + max(0, width - canvas_w) + 8, win_h + max(0, height - canvas_h) + 8)
         _process_events()
-    viewer.canvas.size = target
-    _process_events()
+    # Qt's layout may resize the canvas back once after the first change: repeat until stable.
+    for _ in range(5):
+        viewer.canvas.size = target
+        _process_events()
+        if tuple(viewer.canvas.size) == target:
+            break
     viewer.reset_view()
     camera = viewer.scene.camera
     if viewer.dims.ndisplay == 3:
