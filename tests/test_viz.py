@@ -155,7 +155,7 @@ def test_import_viz_needs_no_qt():
 # ---------------------------------------------------------------- napari (needs a display)
 
 @pytest.mark.napari
-def test_show_case_screenshot():
+def test_show_case_screenshot(tmp_path):
     pytest.importorskip("napari")
     if not os.environ.get("DISPLAY"):
         pytest.skip("no display: run pytest with pytest-xvfb (without -p no:xvfb) or under xvfb-run")
@@ -190,6 +190,15 @@ def test_show_case_screenshot():
         assert len(cand.data) == 3
         assert cand.size[1] > cand.size[2]  # bigger for the higher score
         assert cand.blending == "translucent_no_depth"
+
+        # a close-up written to PNG (atomically: no temporary file left beside it)
+        shot = screenshot(viewer, tmp_path / "shot.png", size=(160, 120), zoom=2.0,
+                          center_mm=gt_boxes[0, :3] * 1.5)
+        assert [p.name for p in tmp_path.iterdir()] == ["shot.png"]
+        saved = plt.imread(tmp_path / "shot.png")
+        assert saved.shape == (120, 160, 4)
+        np.testing.assert_allclose(saved * 255, shot, atol=0.5)
+        np.testing.assert_allclose(viewer.scene.camera.center, gt_boxes[0, :3] * 1.5)
 
         # the orange of class 0 (no grey volume voxel has it) shows: the boxes are drawn
         rgb = image[..., :3].astype(int)

@@ -568,9 +568,10 @@ class _Anatomy:
         return self.soft_sdf(_PointsDomain(pts), 0.0)
 
     def _outermost_along(self, starts: np.ndarray, d: np.ndarray, t0: float, t1: float,
-                         step: float) -> tuple[np.ndarray, np.ndarray]:
-        """For columns ``start + t d`` (t in [t0, t1]) the largest t on the skin (sdf = 0) whose
-        outside neighbour is outside; returns (t per column, valid mask)."""
+                         step: float, iters: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """For columns ``start + t d`` (t in [t0, t1]) the largest t on the skin (sdf = 0),
+        sampled every ``step`` then bisected ``iters`` times; returns (t per column, valid
+        mask: the column has an inside sample and ends outside)."""
         ts = np.arange(t0, t1 + 1e-9, step)
         pts = starts[:, None, :] + ts[None, :, None] * d
         sdf = self._soft_points(pts.reshape(-1, 3)).reshape(len(starts), len(ts))
@@ -579,7 +580,7 @@ class _Anatomy:
         last = len(ts) - 1 - np.argmax(inside[:, ::-1], axis=1)
         last = np.minimum(last, len(ts) - 2)
         lo, hi = ts[last].copy(), ts[last + 1].copy()
-        for _ in range(20):  # bisection to ~step / 1e6
+        for _ in range(iters):
             mid = 0.5 * (lo + hi)
             m = self._soft_points(starts + mid[:, None] * d) <= 0
             lo = np.where(m, mid, lo)
@@ -596,11 +597,13 @@ class _Anatomy:
         e2 = np.cross(d, e1)
         centre = guess - d * float(guess @ d)
         t_guess = float(guess @ d)
-        for h, step, span, dt in ((half, half / 12.0, 10.0, 0.5), (half / 6.0, half / 60.0, 1.5, 0.1)):
+        # coarse columns, then fine columns around the best one (bisected to ~1e-5 mm)
+        for h, step, span, dt, it in ((half, half / 12.0, 10.0, 0.5, 8),
+                                      (half / 6.0, half / 60.0, 1.5, 0.1, 14)):
             a = np.arange(-h, h + 1e-9, step)
             aa, bb = np.meshgrid(a, a, indexing="ij")
             starts = centre + aa.reshape(-1, 1) * e1 + bb.reshape(-1, 1) * e2
-            t, valid = self._outermost_along(starts, d, t_guess - span, t_guess + span, dt)
+            t, valid = self._outermost_along(starts, d, t_guess - span, t_guess + span, dt, it)
             if not valid.any():
                 raise RuntimeError("landmark search found no skin surface")
             t = np.where(valid, t, -np.inf)

@@ -23,7 +23,7 @@ Determinism
 Placement
     The face's orientation is random (see :class:`rpn_lib.data.ultrasound.Difficulty`
     ``max_tilt_deg``; "hard" is uniform on SO(3)). Every landmark lies at least
-    ``margin_mm`` (default :data:`FACE_MARGIN_MM` = half the largest landmark box + 8 mm) inside
+    ``margin_mm`` (default :data:`FACE_MARGIN_MM` = half the largest landmark box + 10 mm) inside
     the volume and inside the probe's sector, and 8 mm beyond the maternal wall.
 """
 
@@ -48,9 +48,10 @@ __all__ = [
 GENERATOR_VERSION = "1.0"
 """Bumped whenever the same seed would give a different volume."""
 
-FACE_MARGIN_MM = max(BOX_SIZE_MM) / 2.0 + 8.0
+FACE_MARGIN_MM = max(BOX_SIZE_MM) / 2.0 + 10.0
 """Least distance (mm) from every landmark to the volume's faces and the sector's boundary:
-half the largest landmark box (15.6 mm) plus 8 mm (3 voxels at 2.6 mm)."""
+half the largest landmark box (15.6 mm) plus 10 mm (at 2.6 mm: 3.5 voxels beyond the box from
+the outermost voxel centres)."""
 
 DIFFICULTIES = us.DIFFICULTIES
 

@@ -101,7 +101,7 @@ def add_boxes(viewer, boxes_vox: np.ndarray, classes: np.ndarray | Sequence[int]
         boxes_vox: ``(N, 6)`` as cz, cy, cx, d, h, w (voxels). Rows holding NaN are skipped.
         classes: ``(N,)`` landmark class index of each box.
         scores: optional ``(N,)`` scores in [0, 1].
-        edge_width_mm: tube width (default 0.6 voxel for ground truth, 0.4 for predictions).
+        edge_width_mm: tube width (default 0.4 voxel for ground truth, 0.25 for predictions).
     """
     boxes = np.asarray(boxes_vox, dtype=float).reshape(-1, 6)
     classes = np.asarray(classes, dtype=int).reshape(-1)
@@ -118,7 +118,7 @@ def add_boxes(viewer, boxes_vox: np.ndarray, classes: np.ndarray | Sequence[int]
     edge_scores = (np.full(len(rows), np.nan) if score_arr is None else score_arr[keep])[per_edge]
     alpha = _score_alpha(None if score_arr is None else score_arr[keep], len(rows))[per_edge]
     if edge_width_mm is None:
-        edge_width_mm = (0.4 if prediction else 0.6) * spacing_mm
+        edge_width_mm = (0.25 if prediction else 0.4) * spacing_mm
     features = {
         "class": edge_classes,
         "landmark": _class_names(edge_classes),
@@ -254,7 +254,7 @@ def show_case(
                   prediction=True)
     if chosen_rows:
         add_boxes(viewer, np.asarray(chosen_rows), chosen_classes, name="chosen combination",
-                  spacing_mm=spacing_mm, edge_width_mm=0.45 * vox)
+                  spacing_mm=spacing_mm, edge_width_mm=0.3 * vox)
     if cands and sum(len(b) for b, _ in cands):
         pts = np.concatenate([b[:, :3] for b, _ in cands])
         cls = np.concatenate([np.full(len(b), k) for k, (b, _) in enumerate(cands)]).astype(int)
@@ -286,12 +286,13 @@ def screenshot(
     size: tuple[int, int] = (800, 600),
     angles: tuple[float, float, float] | None = None,
     zoom: float | None = None,
+    center_mm: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Render the viewer's canvas to an ``(H, W, 4)`` uint8 RGBA array, optionally a PNG.
 
     The canvas is first set to ``size`` (growing the window if the docks leave it too little
-    room), then the view is reset so the data fill that canvas (napari's own ``size=`` argument
-    does not refit the view), then the camera is turned.
+    room), then the camera is turned and the view reset so the data, seen from there, fill that
+    canvas (napari's own ``size=`` argument does not refit the view).
 
     Args:
         viewer: a ``napari.Viewer`` made with ``show=True``.
@@ -301,6 +302,9 @@ def screenshot(
         angles: 3D camera Euler angles in degrees (``viewer.scene.camera.angles``); default
             :data:`DEFAULT_ANGLES` in 3D display, unchanged in 2D.
         zoom: factor applied to the zoom that fits the data (1 = fitted; > 1 closer).
+        center_mm: world point (mm, the layers' axis order, i.e. voxel * spacing) to centre the
+            view on, e.g. the mean landmark, for a close-up with ``zoom``; default: the data's
+            centre.
     """
     width, height = (int(v) for v in size)
     target = (height, width)  # napari's canvas sizes are (height, width)
@@ -316,10 +320,13 @@ def screenshot(
         _process_events()
         if tuple(viewer.canvas.size) == target:
             break
-    viewer.reset_view()
     camera = viewer.scene.camera
     if viewer.dims.ndisplay == 3:
         camera.angles = tuple(float(a) for a in (DEFAULT_ANGLES if angles is None else angles))
+    viewer.reset_view(reset_camera_angle=False)  # fits the data as seen from these angles
+    if center_mm is not None:
+        centre = tuple(float(c) for c in center_mm)
+        camera.center = tuple(centre[d] for d in viewer.dims.displayed)
     if zoom is not None:
         camera.zoom = camera.zoom * float(zoom)
     # size= makes the output exactly the requested size even if Qt changed the canvas again.
