@@ -36,6 +36,9 @@ class Preset:
         neg_iou: anchors below this IoU with every ground truth are negative (Sec. 3).
         anchors_per_volume: anchors sampled per volume for the classification loss.
         max_pos_fraction: at most this share of the sampled anchors are positives.
+        hard_negative_fraction: share of the sampled negatives that are the hardest ones (highest
+            foreground probability); the rest are drawn at random. 0 gives Faster R-CNN's
+            purely random minibatch.
         steps: default number of training steps.
         batch_size: volumes per training step.
         lr: peak learning rate (AdamW).
@@ -57,6 +60,7 @@ class Preset:
     neg_iou: float = 0.25
     anchors_per_volume: int = 512
     max_pos_fraction: float = 0.25
+    hard_negative_fraction: float = 0.5
     steps: int = 2000
     batch_size: int = 2
     lr: float = 2e-3

@@ -3,7 +3,8 @@
 Per step: draw ``batch_size`` training volumes, augment each (rotation and flip, Sec. 3),
 run the network, label all anchors of each volume against its five landmark-centred boxes
 (positive IoU > 0.5 or best anchor of a box, negative IoU < 0.25, Sec. 3), sample a fixed
-number of anchors per volume, and minimise the IoU-balanced classification loss (Eq. 2-3)
+number of anchors per volume (positives at random; negatives half the hardest, half at
+random: NOTES item 8), and minimise the IoU-balanced classification loss (Eq. 2-3)
 plus a smooth-L1 box loss on the positives.
 
 A run folder holds ``checkpoint.pt`` (everything needed to resume exactly: weights, optimiser,
@@ -137,7 +138,12 @@ def compute_losses(
     for b in range(out_logits.shape[0]):
         gt = gt_boxes_from_landmarks(landmarks_vox[b].to(anchors), preset.spacing_mm)
         labels, matched = label_anchors(anchors, gt, classes, matcher)
-        pos_idx, neg_idx = sample_anchors(labels.cpu(), preset.anchors_per_volume, preset.max_pos_fraction, generator)
+        hard = None
+        if preset.hard_negative_fraction > 0:
+            # hardness of a negative: its highest landmark probability (it would win a class's top-k)
+            hard = out_logits[b].detach().float().softmax(-1)[:, 1:].amax(-1)
+        pos_idx, neg_idx = sample_anchors(labels.cpu(), preset.anchors_per_volume, preset.max_pos_fraction, generator,
+                                          hard_negative_scores=hard, hard_fraction=preset.hard_negative_fraction)
         pos_idx, neg_idx = pos_idx.to(anchors.device), neg_idx.to(anchors.device)
         idx = torch.cat([pos_idx, neg_idx])
         logits = out_logits[b, idx].float()

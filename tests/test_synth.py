@@ -88,7 +88,7 @@ def test_same_geometry_at_both_spacings(case7: synth.SynthCase) -> None:
     # the same world point is the same anatomical place: compare the images coarsely
     coarse = fine.volume.reshape(64, 2, 64, 2, 64, 2).astype(float).mean(axis=(1, 3, 5))
     r = np.corrcoef(coarse.ravel(), case7.volume.astype(float).ravel())[0, 1]
-    assert r > 0.6
+    assert r > 0.8
 
 
 # ------------------------------------------------------------------ landmarks = anatomy ---
@@ -114,10 +114,10 @@ def test_skin_landmarks_on_the_skin(faces: list[ph.FaceGeometry]) -> None:
 
 
 def test_nose_tip_is_most_anterior_skin_point(faces: list[ph.FaceGeometry]) -> None:
-    for f in faces[:6]:
+    for f in faces[:4]:
         nose = f.landmarks_local[NT]
-        y = np.arange(nose[1] - 2.0, nose[1] + 4.0, 0.25)
-        xz = np.arange(-45.0, 45.01, 0.75)
+        y = np.arange(nose[1] - 1.5, nose[1] + 3.0, 0.25)
+        xz = np.arange(-40.0, 40.01, 1.0)
         P = np.stack(np.meshgrid(xz, y, xz - 10.0, indexing="ij"), -1).reshape(-1, 3)
         labels = f.tissue_labels(P)     # identity pose: local = world
         fetal = labels != ph.Tissue.FLUID
@@ -141,7 +141,7 @@ def test_chin_is_the_anterior_inferior_extreme(faces: list[ph.FaceGeometry]) -> 
 
 
 def test_left_eye_is_on_the_fetus_left() -> None:
-    for seed in range(20):
+    for seed in range(10):
         scene, _ = synth.sample_scene(seed, FOV, "hard")
         lw = scene.face.landmarks_world
         superior = lw[MB] - lw[CH]
@@ -159,21 +159,21 @@ def test_eyes_are_dark_in_the_image() -> None:
         scene, _ = synth.sample_scene(seed, FOV, "easy")
         axes = synth.voxel_axes_mm(2.6, (64, 64, 64))
         P = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-        labels = scene.tissue_labels(P)
         r_eye = scene.face.eye_radius_mm
         for e in (LE, RE):
             d = np.linalg.norm(P - c.landmarks_world[e], axis=1)
             inner.append(c.volume.ravel()[d <= max(0.5 * r_eye, 2.7)].mean())
-            ring = (d > 1.4 * r_eye) & (d < 2.4 * r_eye) & (labels == ph.Tissue.SOFT_TISSUE)
-            around.append(c.volume.ravel()[ring].mean())
-    assert np.mean(inner) < 0.6 * np.mean(around)
+            near = np.flatnonzero((d > 1.4 * r_eye) & (d < 2.4 * r_eye))
+            soft = scene.tissue_labels(P[near]) == ph.Tissue.SOFT_TISSUE
+            around.append(c.volume.ravel()[near[soft]].mean())
+    assert np.mean(inner) < 0.5 * np.mean(around)
 
 
 # ------------------------------------------------------------------ placement, variability ---
 
 def test_landmarks_inside_volume_and_sector_with_margin() -> None:
     m_vox = max(box_size_vox(2.6)) / 2 + 3
-    for seed in range(12):
+    for seed in range(8):
         c = synth.generate_case(seed, difficulty="hard")
         assert np.all(c.landmarks_vox >= m_vox) and np.all(c.landmarks_vox <= 63 - m_vox)
         scene, probe = synth.sample_scene(seed, FOV, "hard")
@@ -214,7 +214,8 @@ def test_zero_outside_the_sector(case7: synth.SynthCase) -> None:
     mask = probe.mask(synth.voxel_axes_mm(2.6, (64, 64, 64)))
     assert 0.3 < mask.mean() < 0.95
     assert not case7.volume[~mask].any()
-    assert (case7.volume[mask] > 0).mean() > 0.5
+    assert case7.volume[mask].min() >= 1           # 0 means "not imaged" and nothing else
+    assert (case7.volume[mask] > 100).mean() > 0.02  # the fetus
 
 
 def _uniform_envelope(spacing: float, speckle: float = 1.0) -> np.ndarray:
@@ -259,7 +260,7 @@ def test_shadow_behind_a_bone_slab() -> None:
     scene, _ = synth.sample_scene(5, FOV)
     P = np.stack(np.meshgrid(*synth.voxel_axes_mm(2.6, (64, 64, 64)), indexing="ij"), -1).reshape(-1, 3)
     brain = scene.tissue_labels(P) == ph.Tissue.BRAIN
-    assert hard.volume.ravel()[brain].mean() < soft.volume.ravel()[brain].mean() - 10
+    assert hard.volume.ravel()[brain].mean() < soft.volume.ravel()[brain].mean() - 20
 
 
 def test_difficulty_levels_order_the_noise() -> None:
@@ -270,8 +271,9 @@ def test_difficulty_levels_order_the_noise() -> None:
             c = synth.generate_case(seed, difficulty=d)
             scene, probe = synth.sample_scene(seed, FOV, d)
             axes = synth.voxel_axes_mm(2.6, (64, 64, 64))
-            P = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-            fluid = (scene.tissue_labels(P) == ph.Tissue.FLUID) & probe.mask(axes).ravel()
-            vals.append(c.volume.ravel()[fluid].mean())
+            sub = [a[::3] for a in axes]                 # every third voxel is plenty
+            P = np.stack(np.meshgrid(*sub, indexing="ij"), -1).reshape(-1, 3)
+            fluid = (scene.tissue_labels(P) == ph.Tissue.FLUID) & probe.mask(sub).ravel()
+            vals.append(c.volume[::3, ::3, ::3].ravel()[fluid].mean())
         fluid_means[d] = np.mean(vals)
     assert fluid_means["easy"] < fluid_means["hard"]

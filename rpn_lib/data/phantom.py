@@ -54,7 +54,7 @@ from rpn_lib.landmarks import LANDMARK_NAMES
 __all__ = [
     "Tissue", "SubjectParams", "FaceGeometry", "Hand", "Cord", "Uterus", "Scene",
     "sample_subject", "random_rotation", "sample_hand", "sample_cord", "sample_uterus",
-    "REFERENCE_FACE_HEIGHT_MM", "CHIN_DIRECTION_LOCAL",
+    "face_height_for_ga", "CHIN_DIRECTION_LOCAL",
 ]
 
 BIG = np.float32(1e4)
@@ -62,9 +62,6 @@ BIG = np.float32(1e4)
 
 CHIN_DIRECTION_LOCAL = np.array([0.0, 1.0, -1.0]) / np.sqrt(2.0)
 """Direction (local frame) in which the chin landmark is the extreme skin point."""
-
-REFERENCE_FACE_HEIGHT_MM = 45.0
-"""Approximate eyebrow-to-chin height of the unit face."""
 
 # Smooth-union radii (unit mm) and layer thicknesses (unit mm).
 _K_FACE = 2.5
@@ -191,15 +188,6 @@ def _prim_to_dict(p: _Prim) -> dict[str, Any]:
     d = dataclasses.asdict(p)
     d["kind"] = type(p).__name__.lstrip("_").lower()
     return d
-
-
-def _prim_from_dict(d: dict[str, Any]) -> _Prim:
-    d = dict(d)
-    kind = d.pop("kind")
-    cls = {"ellipsoid": _Ellipsoid, "sphere": _Sphere, "capsule": _Capsule}[kind]
-    conv = {k: (tuple(tuple(r) for r in v) if k == "rot" and v is not None
-                else tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-    return cls(**conv)
 
 
 def _tup(v: Sequence[float]) -> tuple[float, float, float]:
@@ -423,7 +411,19 @@ def sample_subject(rng: np.random.Generator, ga_weeks: float | None = None,
 
 
 class _Anatomy:
-    """The unit-mm implicit anatomy of one subject (everything but pose and scale)."""
+    """The unit-mm implicit anatomy of one subject (everything but pose and scale).
+
+    * skin surface: smooth union of the face parts (midface, periorbital regions, brow,
+      nasal dorsum, nose tip, alae, lips, cheeks, chin, jaw), the head (cranial vault plus
+      scalp, ears) and the body (neck, torso); SKIN is its outer 1 mm, SOFT_TISSUE the rest;
+    * cranial vault: an ellipsoid whose front is the forehead; above a tilted skull-base
+      plane (just over the eyes, sloping down backwards) it holds the BRAIN with a midline
+      echo (falx, ``x = 0``), a 2.2 mm bright skull shell and a bony skull-base plate;
+    * facial bones: brow ridge, nasal bone, maxilla, zygomas, lateral orbital rims,
+      mandible (symphysis, bodies, rami); spine in the torso;
+    * eyes: dark globes (vitreous) with a bright 0.8 mm rim (sclera) and a lens in front;
+    * the open mouth: a thin slit of fluid between the lips.
+    """
 
     def __init__(self, sp: SubjectParams) -> None:
         fw, lf = sp.face_width, sp.lower_face
@@ -667,7 +667,7 @@ def random_rotation(rng: np.random.Generator, toward: np.ndarray | None = None,
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class FaceGeometry:
     """One fetus placed in the world: subject anatomy, rotation and translation.
 
@@ -771,7 +771,7 @@ class FaceGeometry:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Hand:
     """A fetal hand and forearm resting in front of the face (a distractor).
 
@@ -787,7 +787,7 @@ class Hand:
                 "bones": [_prim_to_dict(p) for p in self.bones]}
 
 
-@dataclass
+@dataclass(eq=False)
 class Cord:
     """A stretch of umbilical cord passing in front of the face (a distractor).
 
@@ -921,7 +921,8 @@ def _paint_distractors(dom: _Domain, painter: Any, scale: float, pad: float, sof
         painter.paint(Tissue.SOFT_TISSUE, slice(None), (hs + np.float32(_SKIN_MM)) * s)
         painter.paint(Tissue.BONE, slice(None), _Anatomy._union(dom, hand.bones, pad, None) * s)
     if cord is not None:
-        painter.paint(Tissue.CORD, slice(None), _Anatomy._union(dom, cord.segments(cord.radius), pad, None) * s)
+        tube = _Anatomy._union(dom, cord.segments(cord.radius), pad, None)
+        painter.paint(Tissue.CORD, slice(None), tube * s)
         painter.paint(Tissue.VESSEL, slice(None),
                       _Anatomy._union(dom, cord.segments(cord.vessel_radius), pad, None) * s)
 
@@ -931,7 +932,7 @@ def _paint_distractors(dom: _Domain, painter: Any, scale: float, pad: float, sof
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Uterus:
     """Maternal layers around the amniotic cavity, in world mm.
 
@@ -977,7 +978,8 @@ class Uterus:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, tuple)) else v) for k, v in d.items()}
+        return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, tuple)) else v)
+                for k, v in d.items()}
 
     def paint(self, dom: _Domain, painter: Any) -> None:
         sl, x, y, z = dom.world_block()
@@ -1033,7 +1035,7 @@ def sample_uterus(rng: np.random.Generator, apex_mm: np.ndarray, beam_dir: np.nd
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Scene:
     """Everything that is imaged: the fetus, the maternal layers and the distractors."""
 

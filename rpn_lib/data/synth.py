@@ -21,10 +21,12 @@ Determinism
     therefore shows the same fetus in the same pose, with the same world landmarks.
 
 Placement
-    The face's orientation is random (see :class:`rpn_lib.data.ultrasound.Difficulty`
-    ``max_tilt_deg``; "hard" is uniform on SO(3)). Every landmark lies at least
-    ``margin_mm`` (default :data:`FACE_MARGIN_MM` = half the largest landmark box + 10 mm) inside
-    the volume and inside the probe's sector, and 8 mm beyond the maternal wall.
+    The face's orientation is random: its anterior axis lies within ``max_tilt_deg`` of the
+    direction to the probe (easy 60, standard 110, hard 150 degrees; sonographers aim at the
+    face) with a uniform roll; ``max_tilt_deg=180`` gives a uniform rotation. Every landmark
+    lies at least ``margin_mm`` (default :data:`FACE_MARGIN_MM` = half the largest landmark
+    box + 10 mm) inside the volume and inside the probe's sector, and 8 mm beyond the
+    maternal wall. A fixed ``translation_mm`` override skips these checks.
 """
 
 from __future__ import annotations
@@ -204,7 +206,8 @@ def generate_case(seed: int, spacing_mm: float = 2.6, shape_vox: Sequence[int] =
         raise ValueError(f"shape_vox must be three sizes >= 2, got {shape_vox}")
     diff = _difficulty(difficulty)
     fov = [spacing_mm * n for n in shape]
-    scene, probe = sample_scene(seed, fov, difficulty, **{k: v for k, v in overrides.items() if k in _SCENE_KEYS})
+    scene_kw = {k: v for k, v in overrides.items() if k in _SCENE_KEYS}
+    scene, probe = sample_scene(seed, fov, difficulty, **scene_kw)
     acq = us.sample_acquisition(_rng(seed, 1), diff)
     for k, v in overrides.items():
         if k in _ACQ_KEYS:

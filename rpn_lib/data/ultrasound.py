@@ -13,7 +13,8 @@ The model is the classical convolution model of B-mode ultrasound, simplified so
 3. **Attenuation and shadows** (:func:`ray_attenuation_db`): the attenuation is integrated
    along straight rays from the probe's apex (so shadows behind bone fan out like a real
    sector scan), doubled for the round trip and applied to the scatterers; a time-gain
-   compensation (TGC) undoes a fraction of a nominal soft-tissue attenuation with depth.
+   compensation (TGC) adds a gain growing linearly with depth. The attenuation saturates
+   softly (:func:`saturate_db`) so that shadows are deep but not absolute.
 4. **Noise**: additive complex Gaussian electronic noise (amplified by the TGC).
 5. **Point-spread function** (:func:`apply_psf`): complex baseband (IQ) model. The RF pulse, a
    Gaussian-modulated cosine along the beam, is represented by its complex envelope, a
@@ -21,7 +22,8 @@ The model is the classical convolution model of B-mode ultrasound, simplified so
    (``scipy.ndimage.gaussian_filter`` on the real and imaginary parts).
 6. **Envelope and log compression** (:func:`log_compress`): ``|IQ|`` (the envelope of the
    analytic RF signal), ``20 log10``, gain, dynamic range, a gamma for contrast, 0-255.
-7. **Field of view**: a 3D probe's sector (:class:`Probe`), zero outside.
+7. **Field of view**: a 3D probe's sector (:class:`Probe`): 0 outside, at least 1 inside
+   (so that 0 always means "not imaged").
 
 Simplifications (choices): the beam axis is array axis 0 (world +R) for the PSF and the
 specular term, i.e. the fan's rays are treated as parallel there (they deviate by up to ~40
@@ -45,7 +47,8 @@ from rpn_lib.data.phantom import Tissue
 
 __all__ = [
     "Difficulty", "DIFFICULTIES", "Probe", "Acquisition", "TISSUE_ACOUSTICS", "tissue_table",
-    "sample_probe", "sample_acquisition", "scatterer_field", "ray_attenuation_db", "apply_psf",
+    "sample_probe", "sample_acquisition", "scatterer_field", "ray_attenuation_db", "saturate_db",
+    "apply_psf",
     "log_compress", "simulate",
 ]
 
@@ -88,6 +91,8 @@ class Difficulty:
         contrast: range of the tissue-contrast exponent (< 1 flattens echogenicity
             differences between tissues).
         psf_scale: multiplies the PSF widths (blur).
+        shadow_max_db: one-way attenuation saturates softly at this value (see
+            :func:`saturate_db`), so that no region is attenuated beyond ``2 *`` it.
     """
 
     speckle: float
@@ -99,6 +104,7 @@ class Difficulty:
     gain_db: float
     contrast: tuple[float, float]
     psf_scale: float
+    shadow_max_db: float
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -107,13 +113,13 @@ class Difficulty:
 DIFFICULTIES: dict[str, Difficulty] = {
     "easy": Difficulty(speckle=0.6, noise_db=-60.0, bone_db_per_mm=1.5, distractor_prob=0.0,
                        max_tilt_deg=60.0, dynamic_range_db=(42.0, 48.0), gain_db=2.0,
-                       contrast=(1.0, 1.0), psf_scale=0.9),
+                       contrast=(1.0, 1.0), psf_scale=0.9, shadow_max_db=8.0),
     "standard": Difficulty(speckle=0.9, noise_db=-55.0, bone_db_per_mm=3.0, distractor_prob=0.25,
                            max_tilt_deg=110.0, dynamic_range_db=(44.0, 52.0), gain_db=4.0,
-                           contrast=(0.85, 1.0), psf_scale=1.0),
-    "hard": Difficulty(speckle=1.0, noise_db=-50.0, bone_db_per_mm=4.0, distractor_prob=0.5,
-                       max_tilt_deg=180.0, dynamic_range_db=(46.0, 58.0), gain_db=6.0,
-                       contrast=(0.7, 0.9), psf_scale=1.3),
+                           contrast=(0.85, 1.0), psf_scale=1.0, shadow_max_db=11.0),
+    "hard": Difficulty(speckle=1.0, noise_db=-50.0, bone_db_per_mm=3.5, distractor_prob=0.5,
+                       max_tilt_deg=150.0, dynamic_range_db=(46.0, 58.0), gain_db=6.0,
+                       contrast=(0.7, 0.9), psf_scale=1.3, shadow_max_db=14.0),
 }
 """The three named difficulty levels."""
 
@@ -198,6 +204,7 @@ class Acquisition:
         bone_db_per_mm: attenuation of bone, dB/mm one way.
         contrast: tissue-contrast exponent on the echogenicity (relative to soft tissue).
         specular: weight of the specular (boundary) echoes.
+        shadow_max_db: soft ceiling of the one-way attenuation (dB).
     """
 
     gain_db: float = 0.0
@@ -211,6 +218,7 @@ class Acquisition:
     bone_db_per_mm: float = 3.0
     contrast: float = 1.0
     specular: float = 0.6
+    shadow_max_db: float = 11.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -231,6 +239,7 @@ def sample_acquisition(rng: np.random.Generator, difficulty: str | Difficulty = 
         bone_db_per_mm=float(d.bone_db_per_mm * rng.uniform(0.8, 1.2)),
         contrast=float(rng.uniform(*d.contrast)),
         specular=float(rng.uniform(0.4, 0.8)),
+        shadow_max_db=d.shadow_max_db,
     )
 
 
@@ -339,6 +348,20 @@ def ray_attenuation_db(att: np.ndarray, axes_mm: Sequence[np.ndarray], probe: Pr
     return ndimage.map_coordinates(cum, coords, order=1, mode="nearest", prefilter=False)
 
 
+def saturate_db(att_db: np.ndarray, max_db: float) -> np.ndarray:
+    """Soft ceiling ``max_db * (1 - exp(-att_db / max_db))`` of an attenuation (dB).
+
+    Linear for small values, never above ``max_db``: real acoustic shadows are partly
+    filled in (scattering around the bone, side lobes, spatial compounding), and a face
+    behind a thick oblique stretch of skull should stay faintly visible. A modelling choice.
+    """
+    m = np.float32(max_db)
+    out = np.exp(-att_db / m)
+    np.subtract(np.float32(1.0), out, out=out)
+    out *= m
+    return out
+
+
 def apply_psf(re: np.ndarray, im: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
     """Envelope ``|h * (re + i im)|`` with the separable Gaussian PSF ``h`` (unit DC gain),
     ``(D, H, W)`` float32."""
@@ -363,7 +386,8 @@ def log_compress(env: np.ndarray, acq: Acquisition) -> np.ndarray:
 
 def simulate(maps: np.ndarray, axes_mm: Sequence[np.ndarray], probe: Probe, acq: Acquisition,
              rng: np.random.Generator) -> np.ndarray:
-    """Tissue maps -> ``(D, H, W)`` uint8 ultrasound volume (0 outside the probe's sector).
+    """Tissue maps -> ``(D, H, W)`` uint8 ultrasound volume (0 outside the probe's sector,
+    1-255 inside).
 
     Args:
         maps: ``(3, D, H, W)`` echogenicity, attenuation (dB/mm one way), reflectivity.
@@ -382,6 +406,7 @@ def simulate(maps: np.ndarray, axes_mm: Sequence[np.ndarray], probe: Probe, acq:
     z = ax[2][None, None, :] - probe.apex_mm[2]
     r = np.sqrt(x * x + y * y + z * z).astype(np.float32)
     tgc_db = np.float32(acq.tgc_db_per_mm) * (r - np.float32(probe.near_mm))
+    att_db = saturate_db(att_db, acq.shadow_max_db)
     amp = np.power(np.float32(10.0), (-2.0 * att_db) / np.float32(20.0))   # round trip
     re *= amp
     im *= amp
@@ -394,5 +419,6 @@ def simulate(maps: np.ndarray, axes_mm: Sequence[np.ndarray], probe: Probe, acq:
     im *= g
     env = apply_psf(re, im, sigmas)
     img = log_compress(env, acq)
+    np.maximum(img, np.float32(1.0), out=img)  # 0 is reserved for "outside the sector"
     img[~probe.mask(ax)] = 0.0
     return np.rint(img).astype(np.uint8)
