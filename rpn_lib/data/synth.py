@@ -47,7 +47,7 @@ __all__ = [
     "volume_affine", "voxel_axes_mm", "GENERATOR_VERSION", "FACE_MARGIN_MM", "DIFFICULTIES",
 ]
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 """Bumped whenever the same seed would give a different volume."""
 
 FACE_MARGIN_MM = max(BOX_SIZE_MM) / 2.0 + 10.0
