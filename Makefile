@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 sysdeps:
-	@scripts/system_deps.sh napari
+	@scripts/system_deps.sh test
 
 test: install sysdeps
 	@NAPARI_CONFIG=$$(mktemp -d)/napari.yaml $(PY) -m pytest tests notebooks --nbval --nbval-current-env -q

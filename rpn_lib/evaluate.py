@@ -7,6 +7,7 @@ boxes are the landmark-centred boxes of Sec. 2.2; distances are in world millime
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,15 +60,20 @@ def gt_boxes_on_grid(landmarks_world: np.ndarray, model_affine: np.ndarray, spac
     return np.concatenate([centres, sizes], axis=1)
 
 
-def evaluate(detector: Detector | str | Path, data: str | Path | LandmarkDataset, split: str | None = "test",
-             use_prior: bool = True, progress: bool = True, max_cases: int | None = None) -> Evaluation:
+def evaluate(detector: Detector | str | Path, data: str | Path | LandmarkDataset | Sequence[Any],
+             split: str | None = "test", use_prior: bool = True, progress: bool = True,
+             max_cases: int | None = None) -> Evaluation:
     """Detect on every case of a split and compute the metrics.
+
+    ``data`` is a dataset folder (with ``split``), a :class:`LandmarkDataset`, or a sequence of
+    cases with ``case_id``, ``volume``, ``affine`` and ``landmarks_world`` (e.g. from
+    :func:`rpn_lib.data.dataset.synthetic_split_cases`).
 
     ``time_ms`` is the median wall time per volume of network + candidates + prior (after the
     first volume, which pays for warm-up), on this machine.
     """
     det = detector if isinstance(detector, Detector) else Detector.from_file(detector)
-    ds = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split=split)
+    ds = data if isinstance(data, (LandmarkDataset, list, tuple)) else LandmarkDataset(data, split=split)
     n = len(ds) if max_cases is None else min(max_cases, len(ds))
     if n == 0:
         raise DataError(f"no cases to evaluate in split {split!r}", getattr(ds, "root", None))

@@ -195,3 +195,21 @@ def test_real_synth_writes_consistent_geometry(tmp_path: Path) -> None:
         np.testing.assert_allclose(case.landmarks_world, ref.landmarks_world, atol=1e-9)
         np.testing.assert_allclose(world_to_voxel(case.landmarks_world, case.affine), ref.landmarks_vox, atol=1e-3)
     assert len(LandmarkDataset(out, split="train")) == 1
+
+
+def test_synthetic_split_cases_match_the_written_dataset(tmp_path) -> None:
+    """The in-memory test split equals the files write_synthetic_dataset writes."""
+    import numpy as np
+
+    from rpn_lib.data.dataset import LandmarkDataset, synthetic_split_cases, write_synthetic_dataset
+    from rpn_lib.presets import Preset
+
+    tiny = Preset(name="tiny", spacing_mm=5.2, shape_vox=(32, 32, 32), width=4)
+    write_synthetic_dataset(tmp_path / "d", n=5, n_test=2, seed=4, preset=tiny, progress=False)
+    on_disk = LandmarkDataset(tmp_path / "d", split="test")
+    in_memory = synthetic_split_cases("test", n=5, n_test=2, seed=4, preset=tiny)
+    assert [c.case_id for c in in_memory] == on_disk.case_ids
+    for mem, i in zip(in_memory, range(len(on_disk))):
+        disk = on_disk[i]
+        assert np.array_equal(np.asarray(mem.volume, dtype=np.float32), disk.volume)
+        assert np.allclose(mem.landmarks_world, disk.landmarks_world, atol=1e-4)

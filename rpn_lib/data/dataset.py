@@ -250,6 +250,12 @@ def case_seeds(seed: int, n: int) -> list[int]:
     return [int(c.generate_state(1)[0]) for c in children]
 
 
+def synthetic_case_ids(n: int) -> list[str]:
+    """Case ids of an ``n``-case synthetic dataset: ``case_000``, ``case_001``, ..."""
+    width = max(3, len(str(n - 1)))
+    return [f"case_{i:0{width}d}" for i in range(n)]
+
+
 def random_split(case_ids: list[str], n_test: int, seed: int) -> dict[str, list[str]]:
     """Random train/test split (paper Sec. 3: 32 of 152 volumes for testing, at random).
 
@@ -378,9 +384,7 @@ def write_synthetic_dataset(
                 shutil.rmtree(out / sub)
         for f in (SPLITS_FILE, SYNTH_META_FILE, CARD_FILE):
             (out / f).unlink(missing_ok=True)
-    width = max(3, len(str(n - 1)))
-    ids = [f"case_{i:0{width}d}" for i in range(n)]
-    seeds = case_seeds(seed, n)
+    ids, seeds = synthetic_case_ids(n), case_seeds(seed, n)
     meta_cases = []
     for cid, s in tqdm(list(zip(ids, seeds)), desc="synth", disable=not progress):
         sc = _generate_case(s, preset, difficulty, cid)
@@ -402,3 +406,25 @@ def write_synthetic_dataset(
     })
     atomic_write(out / CARD_FILE, _card(out, p, difficulty, seed, n, splits, version))
     return out
+
+
+def synthetic_split_cases(split: str = "test", n: int = 152, n_test: int = 32, seed: int = 0,
+                          preset: str | Preset = "cpu-small", difficulty: str = "standard",
+                          progress: bool = False) -> list[Any]:
+    """Regenerate in memory exactly the cases of one split of a synthetic dataset.
+
+    Gives the same volumes and landmarks as the files :func:`write_synthetic_dataset` writes
+    with the same arguments (same case ids, seeds and split), without writing or generating
+    the other split: the book evaluates on the benchmark's 32 test cases this way.
+
+    Returns:
+        :class:`rpn_lib.data.synth.SynthCase` objects (``case_id``, ``volume``, ``affine``,
+        ``landmarks_world``...), in case-id order.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    ids, seeds = synthetic_case_ids(n), case_seeds(seed, n)
+    wanted = set(random_split(ids, n_test, seed)[split])
+    chosen = [(cid, s) for cid, s in zip(ids, seeds) if cid in wanted]
+    return [_generate_case(s, preset, difficulty, cid)
+            for cid, s in tqdm(chosen, desc=f"synth {split}", disable=not progress)]
