@@ -193,12 +193,138 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"mIoU {100 * m['miou']:.1f} %, AP(COCO) {100 * m['ap_coco']:.1f} %, {m['time_ms']:.0f} ms/volume -> {args.out}")
     return 0
 
+
+# --------------------------------------------------------------------------------------------
+# view
+# --------------------------------------------------------------------------------------------
+
+VIEW_MAX_VOXELS = 256 ** 3
+"""An anisotropic volume shown without ``--model`` is resampled to an isotropic grid of at
+most this many voxels (at its finest spacing when that fits)."""
+
+
+def _size_wxh(text: str) -> tuple[int, int]:
+    """``"800x600"`` -> ``(800, 600)`` for ``--size``."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 800x600, got {text!r}") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise argparse.ArgumentTypeError(f"size must be between 16 and 8192 pixels per side, got {text!r}")
+    return w, h
+
+
+def _register_view(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "view", help="show a NIfTI volume in napari with landmarks and detections",
+        description="Open IMAGE in napari (3D rendering, millimetre scale). --landmarks draws the landmarks "
+        "of a file and their boxes; --model detects and draws every candidate (coloured by class, more "
+        "opaque and larger with the score) and the combination the graph prior chose, on the model's grid. "
+        "--screenshot writes a PNG and exits instead of opening the window. Needs a display (on a "
+        "headless Linux machine: xvfb-run -a rpn-lib view ...).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("image", type=Path, help="NIfTI volume (.nii, .nii.gz)")
+    p.add_argument("--model", type=Path, default=None, help="model.pt of a training run: detect and show the candidates")
+    p.add_argument("--landmarks", type=Path, default=None, help="landmark file (.mrk.json or .csv, world mm) to draw")
+    p.add_argument("--no-prior", dest="use_prior", action="store_false",
+                   help="with --model: mark the top candidate of each class instead of the graph prior's choice")
+    p.add_argument("--screenshot", type=Path, default=None, help="write this PNG and exit (no window loop)")
+    p.add_argument("--size", type=_size_wxh, default=(800, 600), metavar="WxH", help="screenshot size in pixels")
+    p.add_argument("--2d", dest="ndisplay", action="store_const", const=2, default=3,
+                   help="slice view instead of the 3D rendering")
+    p.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda")
+    p.set_defaults(func=cmd_view)
+
+
+def _require_display() -> None:
+    """Refuse to start Qt without a display on Linux (Qt would abort the process)."""
+    import os
+
+    if sys.platform.startswith("linux") and not any(
+        os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    ):
+        raise RpnLibError("no display for napari (DISPLAY is not set); on a headless machine run "
+                          "'xvfb-run -a rpn-lib view ...'")
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """``rpn-lib view``: :func:`rpn_lib.viz.napari_view.show_case` on a user's volume.
+
+    Every input is read and validated before napari starts. Without ``--model`` the volume is
+    shown on its own grid (resampled to isotropic voxels if it is anisotropic, as napari needs
+    one spacing); with ``--model`` it is shown on the model grid
+    (:meth:`rpn_lib.detect.Detector.prepare`) where the candidates live, and the landmarks of
+    ``--landmarks`` are mapped onto that grid through world coordinates.
+    """
+    import numpy as np
+
+    from rpn_lib.data.geometry import resample_to_spacing, world_to_voxel
+    from rpn_lib.data.io import check_landmarks_inside, load_landmarks, load_volume
+    from rpn_lib.landmarks import LANDMARK_NAMES, box_size_vox
+
+    if args.screenshot is not None and not args.screenshot.name.lower().endswith(".png"):
+        raise ValueError(f"{args.screenshot}: --screenshot must name a .png file")
+    vol = load_volume(args.image)
+    landmarks_world = None
+    if args.landmarks is not None:
+        landmarks_world = load_landmarks(args.landmarks)
+        check_landmarks_inside(landmarks_world, vol.shape, vol.affine, args.landmarks)
+    layers: dict = {}
+    if args.model is not None:
+        from rpn_lib.detect import Detector
+
+        det = Detector.from_file(args.model, device=args.device)
+        _require_display()
+        inp = det.prepare(vol.array, vol.affine)
+        res = det.detect_prepared([inp], [vol.affine], use_prior=args.use_prior)[0]
+        array, affine, spacing = inp.array, inp.affine, inp.spacing_mm
+        layers = {"candidates": res.candidates, "chosen": res.choice}
+        how = "graph prior" if args.use_prior else "top score"
+        for k, name in enumerate(LANDMARK_NAMES):
+            x, y, z = res.landmarks_world[k]
+            print(f"{name}: candidate {res.choice[k] + 1} of {len(res.candidates[k])} ({how}), "
+                  f"score {res.scores[k]:.3f}, at ({x:.1f}, {y:.1f}, {z:.1f}) mm RAS")
+    else:
+        _require_display()
+        spacing_axes = vol.spacing_mm
+        if np.allclose(spacing_axes, spacing_axes.mean(), rtol=1e-3):
+            array, affine, spacing = vol.array, vol.affine, float(spacing_axes.mean())
+        else:
+            volume_mm3 = float(np.prod(np.asarray(vol.shape) * spacing_axes))
+            spacing = max(float(spacing_axes.min()), float(np.cbrt(volume_mm3 / VIEW_MAX_VOXELS)))
+            array, affine = resample_to_spacing(vol.array, vol.affine, spacing)
+    if landmarks_world is not None:
+        points = world_to_voxel(landmarks_world, affine)
+        edge = np.asarray(box_size_vox(spacing))[:, None]
+        layers["gt_landmarks_vox"] = points
+        layers["gt_boxes_vox"] = np.hstack([points, np.repeat(edge, 3, axis=1)])
+    try:
+        import napari
+
+        from rpn_lib.viz.napari_view import close_viewer, is_blank, screenshot, show_case
+    except ImportError as e:
+        raise RpnLibError(f"napari is not installed ({e}); install it with: pip install 'rpn-lib[viz]'") from None
+
+    viewer = show_case(array, spacing, ndisplay=args.ndisplay, title=f"rpn-lib view: {args.image.name}", **layers)
+    if args.screenshot is None:
+        napari.run()
+        return 0
+    try:
+        image = screenshot(viewer, args.screenshot, size=args.size)
+    finally:
+        close_viewer(viewer)
+    note = " (blank: is the display working?)" if is_blank(image) else ""
+    print(f"wrote {args.screenshot} ({image.shape[1]}x{image.shape[0]} px){note}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # parser and entry point
 # --------------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _register_synth, _register_train, _register_detect, _register_evaluate,
+    _register_synth, _register_train, _register_detect, _register_evaluate, _register_view,
 ]
 """Register functions, one per subcommand, in the order ``--help`` lists them."""
 

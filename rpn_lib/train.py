@@ -123,6 +123,7 @@ def compute_losses(
     matcher: Matcher,
     generator: torch.Generator,
     iou_balance: bool = True,
+    hard_mining: bool = True,
 ) -> StepLosses:
     """Eq. 2-3 classification loss + smooth-L1 box loss for a batch.
 
@@ -132,6 +133,7 @@ def compute_losses(
         anchors: ``(N, 6)`` anchors of the feature map.
         landmarks_vox: ``(B, 5, 3)`` ground-truth landmarks on the model grid.
         iou_balance: weight positives by Eq. 3 (False: plain cross-entropy, the ablation).
+        hard_mining: draw ``preset.hard_negative_fraction`` of the negatives as the hardest.
     """
     classes = torch.arange(NUM_LANDMARKS, device=anchors.device)
     cls_terms, box_terms, n_pos = [], [], 0.0
@@ -139,7 +141,7 @@ def compute_losses(
         gt = gt_boxes_from_landmarks(landmarks_vox[b].to(anchors), preset.spacing_mm)
         labels, matched = label_anchors(anchors, gt, classes, matcher)
         hard = None
-        if preset.hard_negative_fraction > 0:
+        if preset.hard_negative_fraction > 0 and hard_mining:
             # hardness of a negative: its highest landmark probability (it would win a class's top-k)
             hard = out_logits[b].detach().float().softmax(-1)[:, 1:].amax(-1)
         pos_idx, neg_idx = sample_anchors(labels.cpu(), preset.anchors_per_volume, preset.max_pos_fraction, generator,
@@ -292,7 +294,7 @@ def train(
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out_ = model(x)
         losses = compute_losses(out_.cls_logits, out_.box_deltas, anchors, lm_b, preset, coder, matcher,
-                                generator, iou_balance)
+                                generator, iou_balance, hard_mining=step >= preset.hard_negative_start * steps)
         optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
