@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from rpn_lib.anchors import Matcher, anchor_grid, label_anchors, sample_anchors
 from rpn_lib.augment import augment
-from rpn_lib.boxes import BoxCoder, box_iou_pairwise
+from rpn_lib.boxes import BoxCoder
 from rpn_lib.checkpoint import load_checkpoint, save_checkpoint, save_model
 from rpn_lib.data.dataset import LandmarkDataset
 from rpn_lib.data.geometry import world_to_voxel
@@ -40,7 +40,7 @@ from rpn_lib.data.preprocess import prepare_volume
 from rpn_lib.errors import DataError
 from rpn_lib.fileio import atomic_write, atomic_write_json
 from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS, box_size_vox
-from rpn_lib.losses import box_regression_loss, classification_loss
+from rpn_lib.losses import rpn_losses
 from rpn_lib.model import IGRPN
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.prior import GraphPrior
@@ -148,20 +148,14 @@ def compute_losses(
                                           hard_negative_scores=hard, hard_fraction=preset.hard_negative_fraction)
         pos_idx, neg_idx = pos_idx.to(anchors.device), neg_idx.to(anchors.device)
         idx = torch.cat([pos_idx, neg_idx])
-        logits = out_logits[b, idx].float()
-        lab = labels[idx]
-        deltas_pos = out_deltas[b, pos_idx].float()
-        gt_pos = gt[matched[pos_idx]]
-        with torch.no_grad():
-            ious = torch.zeros(idx.numel(), device=anchors.device)
-            if pos_idx.numel():
-                ious[: pos_idx.numel()] = box_iou_pairwise(coder.decode(anchors[pos_idx], deltas_pos), gt_pos)
-        cls_terms.append(classification_loss(logits, lab, ious, eta=preset.eta, iou_balance=iou_balance))
-        if pos_idx.numel():
-            box_terms.append(box_regression_loss(deltas_pos, coder.encode(anchors[pos_idx], gt_pos)))
+        gt_of_anchor = gt[matched.clamp(min=0)[idx]]
+        losses = rpn_losses(out_logits[b, idx].float(), out_deltas[b, idx].float(), anchors[idx], labels[idx],
+                            gt_of_anchor, coder, eta=preset.eta, iou_balance=iou_balance)
+        cls_terms.append(losses["cls"])
+        box_terms.append(losses["box"])
         n_pos += pos_idx.numel()
     cls_loss = torch.stack(cls_terms).mean()
-    box_loss = torch.stack(box_terms).mean() if box_terms else out_deltas.sum() * 0.0
+    box_loss = torch.stack(box_terms).mean()
     return StepLosses(cls_loss + box_loss, float(cls_loss.detach()), float(box_loss.detach()), n_pos / out_logits.shape[0])
 
 
