@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 PIPQUIET := grep -v -E "is ignored: it is neither a file nor a directory" || true
 XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
 
-.PHONY: help install sysdeps test book bench replicate clean
+.PHONY: help install sysdeps test book model clean
 
 help:
 	@echo "make book   build the book into _build/html (first run: ~15 min, 2.5 GB)"
@@ -44,6 +44,15 @@ book: install
 	@NAPARI_CONFIG=$$(mktemp -d)/napari.yaml $(XVFB) $(VENV)/bin/jupyter-book build -W -n --keep-going --quiet .
 	@test -f _build/html/index.html || { echo "error: the book was not built"; exit 1; }
 	@echo "Book built: $$(pwd)/_build/html/index.html"
+
+# Re-create the shipped model from scratch (about 20 minutes on 2 CPU cores, more when busy).
+MODEL := models/ig-rpn-cpu-small
+model: install
+	@$(VENV)/bin/rpn-lib synth --out data/synth-cpu-small --preset cpu-small --seed 0 --overwrite --no-progress
+	@$(VENV)/bin/rpn-lib train --data data/synth-cpu-small --out runs/ig-rpn-cpu-small --preset cpu-small --steps 2400 --precision bf16 --seed 0 --checkpoint-every 200
+	@mkdir -p $(MODEL) && cp runs/ig-rpn-cpu-small/{model.pt,log.csv,train.json} $(MODEL)/
+	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test.json --no-progress
+	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test_no_prior.json --no-prior --no-progress
 
 clean:
 	rm -rf _build _vendor

@@ -222,7 +222,6 @@ def _register_view(sub: argparse._SubParsersAction) -> None:
         "opaque and larger with the score) and the combination the graph prior chose, on the model's grid. "
         "--screenshot writes a PNG and exits instead of opening the window. Needs a display (on a "
         "headless Linux machine: xvfb-run -a rpn-lib view ...).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("image", type=Path, help="NIfTI volume (.nii, .nii.gz)")
     p.add_argument("--model", type=Path, default=None, help="model.pt of a training run: detect and show the candidates")
@@ -230,10 +229,10 @@ def _register_view(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prior", dest="use_prior", action="store_false",
                    help="with --model: mark the top candidate of each class instead of the graph prior's choice")
     p.add_argument("--screenshot", type=Path, default=None, help="write this PNG and exit (no window loop)")
-    p.add_argument("--size", type=_size_wxh, default=(800, 600), metavar="WxH", help="screenshot size in pixels")
-    p.add_argument("--2d", dest="ndisplay", action="store_const", const=2, default=3,
-                   help="slice view instead of the 3D rendering")
-    p.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda")
+    p.add_argument("--size", type=_size_wxh, default="800x600", metavar="WxH",
+                   help="screenshot size in pixels (default: 800x600)")
+    p.add_argument("--2d", dest="two_d", action="store_true", help="slice view instead of the 3D rendering")
+    p.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda (default: auto)")
     p.set_defaults(func=cmd_view)
 
 
@@ -306,7 +305,8 @@ def cmd_view(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise RpnLibError(f"napari is not installed ({e}); install it with: pip install 'rpn-lib[viz]'") from None
 
-    viewer = show_case(array, spacing, ndisplay=args.ndisplay, title=f"rpn-lib view: {args.image.name}", **layers)
+    viewer = show_case(array, spacing, ndisplay=2 if args.two_d else 3, title=f"rpn-lib view: {args.image.name}",
+                       **layers)
     if args.screenshot is None:
         napari.run()
         return 0

@@ -128,7 +128,7 @@ def test_view_model_and_landmarks_screenshot(files, tmp_path, capsys, kept_viewe
 
 
 @pytest.mark.napari
-def test_view_landmarks_only_anisotropic(files, tmp_path, capsys, kept_viewer):
+def test_view_landmarks_only_anisotropic_2d(files, tmp_path, capsys, kept_viewer):
     _need_display()
     from matplotlib.image import imread
 
@@ -136,10 +136,11 @@ def test_view_landmarks_only_anisotropic(files, tmp_path, capsys, kept_viewer):
 
     png = tmp_path / "plain.png"
     rc = main(["view", str(files["image"]), "--landmarks", str(files["landmarks"]), "--screenshot", str(png),
-               "--size", "320x240"])
+               "--size", "320x240", "--2d"])
     assert rc == 0, capsys.readouterr().err
     assert not is_blank(imread(png))
     (viewer,) = kept_viewer
+    assert viewer.dims.ndisplay == 2
     layers = {layer.name: layer for layer in viewer.layers}
     # anisotropic (3, 2.5, 4 mm) -> isotropic at its finest spacing, 2.5 mm, same world extent
     spacing = 2.5

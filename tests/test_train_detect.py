@@ -17,8 +17,8 @@ from rpn_lib.evaluate import evaluate
 from rpn_lib.presets import Preset
 from rpn_lib.train import train
 
-TINY = Preset(name="tiny", spacing_mm=5.2, shape_vox=(32, 32, 32), width=4, steps=40, batch_size=2,
-              anchors_per_volume=256, lr=3e-3)
+TINY = Preset(name="tiny", spacing_mm=5.2, shape_vox=(32, 32, 32), width=8, steps=40, batch_size=2,
+              anchors_per_volume=256, lr=2e-3)
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +61,20 @@ def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_train_then_detect_beats_chance(tiny_data: Path, tmp_path: Path) -> None:
+    """The whole pipeline can learn: train briefly, then find the landmarks of the training
+    volumes far better than a constant guess (this checks learning, not generalisation)."""
     run = tmp_path / "run"
-    train(tiny_data, run, TINY.replace(steps=250), seed=0, progress=False, device="cpu", checkpoint_every=1000)
+    fast = TINY.replace(steps=250, rotation_deg=0.0, flip=False)
+    train(tiny_data, run, fast, seed=0, progress=False, device="cpu", checkpoint_every=1000)
     det = Detector.from_file(run / "model.pt", device="cpu")
-    # Score on the training cases: this checks that the pipeline can learn, not that it generalises.
-    ev = evaluate(det, LandmarkDataset(tiny_data, split="train"), progress=False)
-    d = ev.metrics["d_mean_mm"]
-    # Chance: a point drawn anywhere in the 166 mm field of view is ~70 mm from a landmark.
-    assert d < 20.0, ev.metrics
+    cases = LandmarkDataset(tiny_data, split="train")
+    ev = evaluate(det, cases, progress=False)
+    # Baseline: every landmark guessed at its mean position over these same volumes.
+    gt = ev.gt_world
+    constant = np.linalg.norm(gt - gt.mean(0, keepdims=True), axis=-1).mean()
+    assert ev.metrics["d_mean_mm"] < 0.5 * constant, (ev.metrics, constant)
     assert ev.metrics["dr35"] > 0.3, ev.metrics
-    ev_np = evaluate(det, LandmarkDataset(tiny_data, split="train"), use_prior=False, progress=False)
+    ev_np = evaluate(det, cases, use_prior=False, progress=False)
     assert np.isfinite(ev_np.metrics["d_mean_mm"])
 
 
