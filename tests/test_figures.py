@@ -44,3 +44,33 @@ def test_face_rotation_places_the_phantom():
     lm = scene.face.landmarks_world
     d = lm[2] - lm[0]  # right eye - left eye
     assert d @ rot[:, 0] > 0.9 * np.linalg.norm(d)
+
+
+def test_plot_network_diagram_draws_every_block():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+
+    from rpn_lib.model import IGRPN
+    from rpn_lib.receptive_field import block_table, layer_table
+    from rpn_lib.viz.figures import plot_network_diagram
+
+    blocks = block_table(layer_table(IGRPN(width=4), (32, 32, 32)))
+    fig = plot_network_diagram(blocks, (32, 32, 32))
+    ax = fig.axes[0]
+    rects = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert [r.get_label() for r in rects] == ["input", "block1", "block2", "block3", "block4", "fused",
+                                               "classes", "deltas"]
+    # heights follow the spatial size: each pooling halves the side, the fused map is block 3's
+    h = {r.get_label(): r.get_height() for r in rects}
+    assert h["block1"] > h["block2"] > h["block3"] > h["block4"]
+    assert h["fused"] == pytest.approx(h["block3"])
+    assert sum(isinstance(p, FancyArrowPatch) for p in ax.patches) == 8
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "block4\n32 × 4×4×4\nstride 8, RF 68" in texts
+    assert "384 × 8×8×8" in texts and "= 64 anchors × 6" in texts
+    plt.close(fig)
+    with pytest.raises(ValueError):
+        plot_network_diagram(blocks[:3], (32, 32, 32))

@@ -1,0 +1,75 @@
+"""Write a shipped model's README.md from its train.json and metrics JSON files.
+
+    .venv/bin/python scripts/model_card.py models/ig-rpn-cpu-small
+
+Every number in the card is read from the files `rpn-lib train` and `rpn-lib evaluate` wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rpn_lib.fileio import atomic_write
+from rpn_lib.landmarks import LANDMARK_NAMES
+
+
+def _row(name: str, m: dict) -> str:
+    return (f"| {name} | {m['d_mean_mm']:.2f} ± {m['d_std_mm']:.2f} | {100 * m['dr35']:.1f} | {100 * m['dr50']:.1f} | "
+            f"{100 * m['dr75']:.1f} | {100 * m['dr_50_95']:.1f} | {100 * m['miou']:.1f} | {100 * m['ap_coco']:.1f} | {m['time_ms']:.0f} |")
+
+
+def card(folder: Path) -> str:
+    info = json.loads((folder / "train.json").read_text())
+    with_prior = json.loads((folder / "metrics_test.json").read_text())
+    no_prior = json.loads((folder / "metrics_test_no_prior.json").read_text())
+    p = info["preset"]
+    lines = [
+        f"# {folder.name}",
+        "",
+        f"An IG-RPN trained on the synthetic benchmark with `rpn_lib` ({p['name']} preset: "
+        f"{'x'.join(map(str, p['shape_vox']))} voxels at {p['spacing_mm']} mm, width {p['width']}).",
+        "",
+        "## How it was made",
+        "",
+        "```bash",
+        "rpn-lib synth --out data/synth-cpu-small --preset cpu-small --seed 0",
+        f"rpn-lib train --data data/synth-cpu-small --out runs/{folder.name} --preset {p['name']} "
+        f"--steps {info['steps']} --precision {info['precision']} --seed {info['seed']}"
+        + ("" if info["iou_balance"] else " --no-iou-balance"),
+        f"rpn-lib evaluate --model {folder}/model.pt --data data/synth-cpu-small --split test --out {folder}/metrics_test.json",
+        f"rpn-lib evaluate --model {folder}/model.pt --data data/synth-cpu-small --split test --out {folder}/metrics_test_no_prior.json --no-prior",
+        "```",
+        "",
+        f"(`make model` runs these.) Training: {info['steps']} steps of batch {p['batch_size']} on "
+        f"{info['train_cases']} training volumes, {info['device']} with {info['threads']} threads, torch {info['torch']}; "
+        f"the last session took {info['seconds_this_session'] / 60:.1f} min on a shared 2-core machine. "
+        "`log.csv` holds the training losses.",
+        "",
+        f"## Test split ({with_prior['n_cases']} volumes)",
+        "",
+        "DR = detection rate (share of landmarks whose final box has IoU ≥ t; what the paper calls AP), "
+        "mIoU = mean IoU of the final boxes, ranked AP = COCO-style AP over all scored candidates, "
+        "time = median per volume (network + candidates + prior) on the machine that evaluated.",
+        "",
+        "| | d-mean mm | DR35 % | DR50 % | DR75 % | DR 0.5:0.95 % | mIoU % | ranked AP % | time ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+        _row("with graph prior", with_prior),
+        _row("top-1, no prior", no_prior),
+        "",
+        "Per landmark (with prior):",
+        "",
+        "| landmark | d-mean mm | DR50 % | mIoU % |",
+        "|---|---|---|---|",
+    ]
+    for n in LANDMARK_NAMES:
+        m = with_prior["per_landmark"][n]
+        lines.append(f"| {n} | {m['d_mean_mm']:.2f} | {100 * m['dr50']:.1f} | {100 * m['miou']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1])
+    atomic_write(folder / "README.md", card(folder))
+    print(folder / "README.md")
