@@ -359,6 +359,18 @@ def is_blank(image: np.ndarray, threshold: float = 0.02) -> bool:
 
 
 def close_viewer(viewer) -> None:
-    """Close a viewer and let Qt process the close (frees the GL context)."""
+    """Close a viewer and let Qt process the close (frees the GL context).
+
+    Inside a Jupyter kernel, napari switches on the kernel's Qt event loop; left on, a
+    notebook run by nbclient or nbval can hang between cells. Closing the last viewer
+    therefore switches the kernel's GUI integration off again.
+    """
     viewer.close()
     _process_events()
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a napari dependency
+        return
+    shell = get_ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        shell.enable_gui(None)
