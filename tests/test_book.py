@@ -28,7 +28,7 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg["execute"]["execute_notebooks"] = "off"
     out = tmp_path_factory.mktemp("book")
     cfg_path = out / "_config.yml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # keep require.js before the widget manager
     jb = Path(sys.executable).with_name("jupyter-book")
     proc = subprocess.run([str(jb), "build", "-W", "-n", "--keep-going", "--quiet", "--config", str(cfg_path),
                            "--path-output", str(out), str(ROOT)], cwd=ROOT, capture_output=True, text=True)

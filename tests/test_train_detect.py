@@ -64,7 +64,7 @@ def test_train_then_detect_beats_chance(tiny_data: Path, tmp_path: Path) -> None
     """The whole pipeline can learn: train briefly, then find the landmarks of the training
     volumes far better than a constant guess (this checks learning, not generalisation)."""
     run = tmp_path / "run"
-    fast = TINY.replace(steps=250, rotation_deg=0.0, flip=False)
+    fast = TINY.replace(steps=600, rotation_deg=0.0, flip=False)
     train(tiny_data, run, fast, seed=0, progress=False, device="cpu", checkpoint_every=1000)
     det = Detector.from_file(run / "model.pt", device="cpu")
     cases = LandmarkDataset(tiny_data, split="train")
@@ -73,7 +73,7 @@ def test_train_then_detect_beats_chance(tiny_data: Path, tmp_path: Path) -> None
     gt = ev.gt_world
     constant = np.linalg.norm(gt - gt.mean(0, keepdims=True), axis=-1).mean()
     assert ev.metrics["d_mean_mm"] < 0.5 * constant, (ev.metrics, constant)
-    assert ev.metrics["dr35"] > 0.3, ev.metrics
+    assert ev.metrics["dr35"] > 0.5, ev.metrics
     ev_np = evaluate(det, cases, use_prior=False, progress=False)
     assert np.isfinite(ev_np.metrics["d_mean_mm"])
 
