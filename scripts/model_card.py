@@ -20,6 +20,19 @@ def _row(name: str, m: dict) -> str:
             f"{100 * m['dr75']:.1f} | {100 * m['dr_50_95']:.1f} | {100 * m['miou']:.1f} | {100 * m['ap_coco']:.1f} | {m['time_ms']:.0f} |")
 
 
+def _make_model_recipe(folder: Path) -> list[str]:
+    """The commands of the Makefile's ``model`` target, as a user would type them."""
+    lines = (Path(__file__).resolve().parents[1] / "Makefile").read_text().splitlines()
+    start = lines.index("model: install") + 1
+    out = []
+    for line in lines[start:]:
+        if not line.startswith("\t"):
+            break
+        cmd = line.strip().lstrip("@").replace("$(VENV)/bin/", "").replace("$(MODEL)", str(folder))
+        out.append(cmd)
+    return out
+
+
 def card(folder: Path) -> str:
     info = json.loads((folder / "train.json").read_text())
     with_prior = json.loads((folder / "metrics_test.json").read_text())
@@ -34,17 +47,12 @@ def card(folder: Path) -> str:
         "## How it was made",
         "",
         "```bash",
-        "rpn-lib synth --out data/synth-cpu-small --preset cpu-small --seed 0",
-        f"rpn-lib train --data data/synth-cpu-small --out runs/{folder.name} --preset {p['name']} "
-        f"--steps {info['steps']} --precision {info['precision']} --seed {info['seed']}"
-        + ("" if info["iou_balance"] else " --no-iou-balance"),
-        f"rpn-lib evaluate --model {folder}/model.pt --data data/synth-cpu-small --split test --out {folder}/metrics_test.json",
-        f"rpn-lib evaluate --model {folder}/model.pt --data data/synth-cpu-small --split test --out {folder}/metrics_test_no_prior.json --no-prior",
+        *_make_model_recipe(folder),
         "```",
         "",
-        f"(`make model` runs these.) Training: {info['steps']} steps of batch {p['batch_size']} on "
+        f"(`make model` runs these, from the Makefile.) Training: {info['steps']} steps of batch {p['batch_size']} on "
         f"{info['train_cases']} training volumes, {info['device']} with {info['threads']} threads, torch {info['torch']}; "
-        f"the last session took {info['seconds_this_session'] / 60:.1f} min on a shared 2-core machine. "
+        f"its last session took {info['seconds_this_session'] / 60:.1f} min on a shared 2-core machine. "
         "`log.csv` holds the training losses.",
         "",
         f"## Test split ({with_prior['n_cases']} volumes)",
