@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 PIPQUIET := grep -v -E "is ignored: it is neither a file nor a directory" || true
 XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
 
-.PHONY: help install sysdeps test book model clean
+.PHONY: help install sysdeps test book model replicate clean
 
 help:
 	@echo "make book   build the book into _build/html (first run: ~15 min, 2.5 GB)"
@@ -55,6 +55,26 @@ model: install
 	@mkdir -p $(MODEL) && cp runs/ig-rpn-cpu-small/{model.pt,log.csv,train.json} $(MODEL)/
 	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test.json --no-progress
 	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test_no_prior.json --no-prior --no-progress
+
+# Replicate the paper's Tables 1 and 2 on the synthetic benchmark (rpn_lib/replicate.py): 7 trained
+# configurations x 3 seeds, trained and evaluated only where results/ lacks them (interrupted runs
+# resume), then results/table1.md, table2.md and tables.json. 21 trainings: hours on 2 CPU cores.
+# Options through REPLICATE_ARGS, e.g. make replicate REPLICATE_ARGS="--dry-run" or "--methods rpn ssd".
+REPLICATE_ARGS ?=
+replicate: install
+	@test -f data/synth-cpu-small/splits.json || $(VENV)/bin/rpn-lib synth --out data/synth-cpu-small --preset cpu-small --seed 0 --no-progress
+	@$(VENV)/bin/rpn-lib replicate --data data/synth-cpu-small --results results --no-progress $(REPLICATE_ARGS)
+
+# Performance benchmark (rpn_lib/bench.py): detection latency split by stage, training step, peak
+# memory, cost against volume size, FLOP/s against a dense matmul, levers and peer models, for both
+# presets; the shipped model is used at cpu-small, with its fp32-against-bf16 accuracy on the test
+# split. Writes results/bench.json and results/bench.md. About 10-20 minutes on 2 CPU cores: run it
+# on an otherwise idle machine. Options through BENCH_ARGS, e.g. BENCH_ARGS="--compile".
+BENCH_ARGS ?=
+.PHONY: bench
+bench: install
+	@test -f data/synth-cpu-small/splits.json || $(VENV)/bin/rpn-lib synth --out data/synth-cpu-small --preset cpu-small --seed 0 --no-progress
+	@$(VENV)/bin/rpn-lib bench --preset all --model $(MODEL)/model.pt --accuracy-data data/synth-cpu-small --out results/bench.json --markdown results/bench.md $(BENCH_ARGS)
 
 clean:
 	rm -rf _build _vendor

@@ -239,7 +239,8 @@ def sample_anchors(labels: torch.Tensor, num: int, max_pos_fraction: float,
 
     Args:
         labels: ``(N,)`` from :func:`label_anchors` (-1 ignore, 0 background, > 0 positive).
-        num: anchors per volume.
+        num: anchors per volume; 0 takes every positive and every negative (dense, no
+            sampling: for the focal loss, ``Preset.focal_gamma > 0``).
         max_pos_fraction: upper bound on the positives' share of ``num``.
         generator: random generator (CPU) for reproducible draws.
         hard_negative_scores: optional ``(N,)`` scores for hard-negative mining.
@@ -256,6 +257,8 @@ def sample_anchors(labels: torch.Tensor, num: int, max_pos_fraction: float,
     lab = labels.cpu()
     pos = (lab > 0).nonzero().squeeze(1)
     neg = (lab == 0).nonzero().squeeze(1)
+    if num == 0:  # dense: every labelled anchor (for the focal loss)
+        return pos.to(dev), neg.to(dev)
     n_pos = min(pos.numel(), int(num * max_pos_fraction))
     n_neg = min(neg.numel(), num - n_pos)
     pos_idx = pos[_random_subset(pos.numel(), n_pos, generator)]

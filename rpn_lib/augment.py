@@ -72,6 +72,7 @@ def augment(
     max_deg: float = 25.0,
     do_flip: bool = True,
     margin_vox: float = 4.0,
+    flip_axes: tuple[int, ...] = (0, 1, 2),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random rotation (Sec. 3: [-25, 25] degrees) and random flip of a volume and its landmarks.
 
@@ -81,6 +82,9 @@ def augment(
         generator: the only source of randomness.
         max_deg: rotation range per axis; 0 disables rotation.
         do_flip: whether to mirror a random axis with probability 1/2.
+        flip_axes: the axes a flip may mirror, one drawn uniformly (the presets use ``(1, 2)``:
+            the two axes across the ultrasound beam; mirroring depth would put the probe
+            below the face, shadows above bones, which no scan shows).
         margin_vox: landmarks must stay this far inside the volume after rotation.
     """
     if max_deg > 0:
@@ -96,7 +100,7 @@ def augment(
                 break
     if do_flip:
         u = torch.rand(1, generator=generator).item()
-        axis = int(torch.randint(0, 3, (1,), generator=generator).item())
+        axis = flip_axes[int(torch.randint(0, len(flip_axes), (1,), generator=generator).item())]
         if u < 0.5:
             volume, landmarks_vox = flip(volume, landmarks_vox, axis)
     return volume, landmarks_vox

@@ -4,6 +4,9 @@ Model and checkpoint files hold only tensors, numbers, strings, lists and dicts.
 (preset, graph prior, label names) are stored as JSON strings, never as pickled objects, and
 files are read with ``torch.load(..., weights_only=True)``: a model file from someone else
 cannot run code. Everything read is validated before use, and writes are atomic.
+
+A model file records which method made it (``meta["method"]`` and ``meta["method_options"]``,
+see :mod:`rpn_lib.methods`); files without it hold an IG-RPN.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from rpn_lib.errors import ModelError
 from rpn_lib.fileio import atomic_path
 from rpn_lib.landmarks import LANDMARK_NAMES
-from rpn_lib.model import IGRPN
 from rpn_lib.presets import Preset
 from rpn_lib.prior import GraphPrior
 
@@ -63,9 +66,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def save_model(path: str | Path, model: IGRPN, preset: Preset, prior: GraphPrior,
+def save_model(path: str | Path, model: nn.Module, preset: Preset, prior: GraphPrior,
                label_names: tuple[str, ...] = LANDMARK_NAMES, meta: dict[str, Any] | None = None) -> None:
-    """Write what inference needs: weights, preset, graph prior, label names and metadata."""
+    """Write what inference needs: weights, preset, graph prior, label names and metadata
+    (``meta`` holds the method, see :func:`rpn_lib.methods.method_from_dict`)."""
     _save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "preset_json": json.dumps(preset.to_dict()),
            "prior_json": json.dumps(prior.to_dict()), "label_names": list(label_names),
            "meta_json": json.dumps(meta or {})}, Path(path))
@@ -73,23 +77,31 @@ def save_model(path: str | Path, model: IGRPN, preset: Preset, prior: GraphPrior
 
 @dataclass
 class LoadedModel:
-    """A model read from disk with its settings."""
+    """A model read from disk with its settings.
 
-    model: IGRPN
+    Attributes:
+        model: the network (an :class:`rpn_lib.model.IGRPN` or a baseline's), in eval mode.
+        method: the :class:`rpn_lib.methods.Method` that built it (its inference steps).
+    """
+
+    model: nn.Module
     preset: Preset
     prior: GraphPrior
     label_names: list[str]
     meta: dict[str, Any]
     path: Path
+    method: Any = None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Read and validate a ``model.pt`` written by :func:`save_model`.
 
     Raises:
-        ModelError: missing or unreadable file, wrong format, damaged settings, weights that
-            do not fit the preset's network.
+        ModelError: missing or unreadable file, wrong format, damaged settings, an unknown
+            method, weights that do not fit the preset's network.
     """
+    from rpn_lib.methods import method_from_dict  # methods import the networks, which import little
+
     path = Path(path)
     obj = _load(path, MODEL_FORMAT)
     try:
@@ -102,10 +114,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise ModelError(f"damaged model settings ({type(e).__name__}: {e})", path) from None
     if tuple(names) != LANDMARK_NAMES:
         raise ModelError(f"model predicts labels {names}, expected {list(LANDMARK_NAMES)}", path)
-    model = IGRPN(width=preset.width)
+    if not isinstance(meta, dict):
+        raise ModelError(f"damaged model settings (metadata is a {type(meta).__name__}, not a dict)", path)
+    try:
+        method = method_from_dict(meta)
+        model = method.build(preset)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"cannot build the model's network ({type(e).__name__}: {e})", path) from None
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError) as e:
-        raise ModelError(f"weights do not fit a width-{preset.width} IG-RPN ({str(e).splitlines()[0][:200]})", path) from None
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ModelError(f"weights do not fit a width-{preset.width} {method.title} "
+                         f"({str(e).splitlines()[0][:200]})", path) from None
     model.to(device).eval()
-    return LoadedModel(model, preset, prior, names, meta, path)
+    return LoadedModel(model, preset, prior, names, meta, path, method)

@@ -76,9 +76,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def _register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train an IG-RPN on a dataset folder",
+        "train", help="train an IG-RPN (or a baseline) on a dataset folder",
         description="Train on the 'train' split of DIR and write RUN/model.pt, RUN/checkpoint.pt, "
-        "RUN/log.csv and RUN/train.json.",
+        "RUN/log.csv and RUN/train.json. --method picks the IG-RPN (rpn) or a baseline of Table 1.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder (images/, landmarks/, splits.json)")
@@ -89,6 +89,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--no-iou-balance", dest="iou_balance", action="store_false",
                    help="plain cross-entropy instead of the IoU-balanced loss (ablation)")
+    # rpn_lib.methods.METHOD_NAMES, written out: importing it here would import torch for --help
+    p.add_argument("--method", choices=["rpn", "ssd", "faster-rcnn", "heatmap"], default="rpn",
+                   help="rpn: the IG-RPN; ssd, faster-rcnn, heatmap: the baselines (rpn_lib.baselines)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast precision of the forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--checkpoint-every", type=int, default=100)
@@ -102,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     res = train(args.data, args.out, preset=args.preset, steps=args.steps, seed=args.seed, resume=args.resume,
                 iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
-                precision=args.precision, progress=args.progress)
+                precision=args.precision, progress=args.progress, method=args.method)
     print(f"trained {res.steps} steps in {res.seconds:.0f} s (final loss {res.final_loss:.4f}): {res.run_dir / 'model.pt'}")
     return 0
 
@@ -320,11 +323,145 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------------
+
+
+def _size_list(text: str) -> list[int]:
+    """``"64,96,128"`` -> ``[64, 96, 128]`` for ``--sizes``; ``"none"`` -> ``[]``."""
+    if text.strip().lower() == "none":
+        return []
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,96,128 (or none), got {text!r}") from None
+    bad = [s for s in sizes if s < 8 or s % 8]
+    if not sizes or bad:
+        raise argparse.ArgumentTypeError(f"sizes must be positive multiples of 8 (three down-samplings), got {text!r}")
+    return sizes
+
+
+def _peer_list(text: str) -> list[str]:
+    """``"heatmap,retinanet"`` -> names for ``--peers``; ``"none"`` -> ``[]``."""
+    from rpn_lib.bench import PEERS
+
+    names = [] if text.strip().lower() == "none" else [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {unknown}; choose from {','.join(PEERS)} or none")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _register_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="measure detection and training speed, memory and FLOP/s",
+        description="Benchmark on this machine: detection latency per volume (network, candidate selection, "
+        "prior), training step, peak memory, cost against volume size, achieved FLOP/s against a dense "
+        "matmul, levers (bf16, channels_last_3d, inference_mode, batch, threads, torch.compile) and peer "
+        "models at the same input. Prints a table and writes JSON. At full scale (--preset all) it takes "
+        "about 10-20 minutes on 2 CPU cores; run it on an otherwise idle machine.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", choices=[*sorted(PRESETS), "all"], default="cpu-small", help="preset(s) to measure")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a trained model.pt (used for its own preset; default: random weights)")
+    p.add_argument("--sizes", type=_size_list, default=None,
+                   help="cube sides of the size-scaling table, or none (default: 64,96,128,160; --quick: 16,24)")
+    p.add_argument("--size-width", type=_positive_int, default=None,
+                   help="first-block width of the size-scaling model (default: 32; --quick: 2)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per measurement (median reported)")
+    p.add_argument("--train-repeats", type=_positive_int, default=3, help="timed training steps")
+    p.add_argument("--out", type=Path, default=Path("results/bench.json"), help="JSON file to write")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the printed table to this file")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (a smoke test, not a measurement)")
+    p.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
+    p.add_argument("--peers", type=_peer_list, default="heatmap,ssd,faster-rcnn,retinanet",
+                   help="comparison models measured at the same input, or none")
+    p.add_argument("--accuracy-data", type=Path, default=None,
+                   help="dataset folder: compare d-mean of --model in fp32 and autocast on its test split")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``rpn-lib bench``: :func:`rpn_lib.bench.run_benchmark`, then print its table."""
+    from rpn_lib.bench import format_report, run_benchmark
+
+    presets = sorted(PRESETS, key=lambda n: PRESETS[n].shape_vox) if args.preset == "all" else [args.preset]
+    log = None if args.quiet else (lambda s: print(f"bench: {s}", file=sys.stderr, flush=True))
+    res = run_benchmark(presets, model_path=args.model, sizes=args.sizes, size_width=args.size_width,
+                        repeats=args.repeats, train_repeats=args.train_repeats, out=args.out, markdown=args.markdown,
+                        quick=args.quick, compile=args.compile, accuracy_data=args.accuracy_data,
+                        device=args.device, peers=args.peers, log=log)
+    print(format_report(res), end="")
+    print(f"wrote {args.out}" + (f" and {args.markdown}" if args.markdown else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# replicate
+# --------------------------------------------------------------------------------------------
+
+
+def _methods_list(values: list[str]) -> list[str]:
+    """``--methods rpn ssd`` or ``--methods rpn,ssd`` -> ``["rpn", "ssd"]``."""
+    return [m for v in values for m in v.split(",") if m]
+
+
+def _register_replicate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replicate", help="replicate the paper's Tables 1 and 2: train and evaluate what is missing",
+        description="For each method and seed, train on the train split of --data and evaluate on its test split "
+        "with and without the graph prior, skipping what RESULTS already holds (interrupted trainings resume), "
+        "then write RESULTS/table1.md (methods, paper Table 1), RESULTS/table2.md (ablation, paper Table 2) and "
+        "RESULTS/tables.json. Methods: rpn ssd faster-rcnn heatmap retinanet-monai (rpn and ssd are trained "
+        "with and without the IoU-balanced loss).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, default=Path("data/synth-cpu-small"), help="dataset folder (rpn-lib synth)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    p.add_argument("--methods", nargs="+", default=["all"], metavar="METHOD",
+                   help="methods to run: rpn ssd faster-rcnn heatmap retinanet-monai, or all")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED", help="seeds per method")
+    p.add_argument("--steps", type=int, default=None, help="training steps of every detector (default: the preset's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast precision of training")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--dry-run", action="store_true", help="print what is done and what is missing, change nothing")
+    p.add_argument("--tables-only", action="store_true", help="train and evaluate nothing; rewrite the tables")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_replicate)
+
+
+def cmd_replicate(args: argparse.Namespace) -> int:
+    """``rpn-lib replicate``: :func:`rpn_lib.replicate.run_replication`."""
+    from rpn_lib.replicate import METHODS, run_replication
+
+    methods = _methods_list(args.methods)
+    run_replication(args.data, args.results, methods=METHODS if methods == ["all"] else methods, seeds=args.seeds,
+                    steps=args.steps, preset=args.preset, precision=args.precision, device=args.device,
+                    progress=args.progress, dry_run=args.dry_run, tables_only=args.tables_only)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # parser and entry point
 # --------------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_synth, _register_train, _register_detect, _register_evaluate, _register_view,
+    _register_bench,
 ]
 """Register functions, one per subcommand, in the order ``--help`` lists them."""
 
@@ -340,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(sub)
+    _register_replicate(sub)
     return parser
 
 

@@ -6,6 +6,13 @@ those are decoded, see :func:`rpn_lib.candidates.select_candidates`), applies cl
 keeps the top-2 candidates per class, and lets the graph prior (Eq. 4) choose among the
 2^5 = 32 combinations. Results are given on the model grid (boxes), in the input image's
 voxels and in world millimetres (landmarks).
+
+The same detector runs the baselines (:mod:`rpn_lib.baselines`): the model file names its
+method, whose :meth:`~rpn_lib.methods.Method.forward` and
+:meth:`~rpn_lib.methods.Method.candidates` replace the network pass and the candidate step
+above; NMS settings, the graph prior and the results are shared. (Heatmap regression gives
+heatmap peaks as candidates, with a landmark-sized box centred on each: see
+:mod:`rpn_lib.baselines.heatmap`.)
 """
 
 from __future__ import annotations
@@ -20,12 +27,12 @@ import torch
 
 from rpn_lib.anchors import anchor_grid
 from rpn_lib.boxes import BoxCoder
-from rpn_lib.candidates import select_candidates
 from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import voxel_to_world, world_to_voxel
 from rpn_lib.data.preprocess import ModelInput, prepare_volume
 from rpn_lib.errors import DataError
 from rpn_lib.landmarks import LANDMARK_NAMES
+from rpn_lib.methods import CandidateSettings, ClassCandidates, method_from_dict
 from rpn_lib.prior import select_combination
 from rpn_lib.train import resolve_device
 
@@ -47,7 +54,8 @@ class Detection:
         boxes_vox: ``(5, 6)`` chosen boxes on the model grid (``model_affine`` maps it to mm).
         landmarks_world: ``(5, 3)`` box centres, RAS mm.
         landmarks_vox: ``(5, 3)`` the same points in the input image's voxel coordinates.
-        scores: ``(5,)`` class probability of each chosen box.
+        scores: ``(5,)`` class probability of each chosen box (heatmap regression: the
+            heatmap's peak value).
         candidates: per class (``LANDMARK_NAMES`` order), the kept candidates, best first; the
             prior chose among the first ``top_k`` (2) of each class.
         choice: ``(5,)`` index of the chosen candidate of each class.
@@ -90,13 +98,14 @@ class Detection:
 
 
 class Detector:
-    """A trained IG-RPN ready to detect landmarks.
+    """A trained IG-RPN (or baseline) ready to detect landmarks.
 
     Args:
         loaded: a model from :func:`rpn_lib.checkpoint.load_model`.
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         amp: bf16 (CPU) / fp16 (CUDA) autocast of the network.
-        pre_nms_top_n: anchors per class decoded before NMS.
+        pre_nms_top_n: anchors per class decoded before NMS (for the baselines: boxes or
+            heatmap peaks per class considered before NMS).
         keep_candidates: candidates kept per class after NMS (for ranked AP and viewing); the
             graph prior considers the first ``preset.top_k`` (2) of them.
     """
@@ -108,6 +117,8 @@ class Detector:
         self.model = loaded.model.to(self.device).eval()
         self.preset = loaded.preset
         self.prior = loaded.prior
+        # a LoadedModel made by hand may leave the method out: its metadata names it (or an IG-RPN)
+        self.method = loaded.method if loaded.method is not None else method_from_dict(loaded.meta)
         self.amp = amp
         self.pre_nms_top_n = pre_nms_top_n
         self.keep_candidates = max(keep_candidates, self.preset.top_k)
@@ -119,8 +130,13 @@ class Detector:
         """Load ``model.pt`` and wrap it."""
         return cls(load_model(path), device=device, **kw)
 
+    @property
+    def candidate_settings(self) -> CandidateSettings:
+        """Candidates per class the method keeps (``pre_nms_top_n``, the preset's NMS, ``keep_candidates``)."""
+        return CandidateSettings(self.pre_nms_top_n, self.preset.nms_iou, self.keep_candidates)
+
     def anchors(self, feature_shape: tuple[int, int, int]) -> torch.Tensor:
-        """Anchors of a feature map, cached per shape."""
+        """Anchors of an IG-RPN's fused feature map, cached per shape."""
         if feature_shape not in self._anchors:
             self._anchors[feature_shape] = anchor_grid(feature_shape, self.model.stride,
                                                        self.preset.anchor_base_vox, device=self.device)
@@ -178,24 +194,22 @@ class Detector:
             x = torch.from_numpy(np.stack([inputs[i].array for i in members]))[:, None].to(self.device)
             dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
             with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
-                out = self.model(x)
+                out = self.method.forward(self.model, x, self.preset)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             t_net = (time.perf_counter() - t0) * 1e3 / len(members)
-            anchors = self.anchors(out.feature_shape)
             for j, i in enumerate(members):
-                results[i] = self._finish(out.cls_logits[j], out.box_deltas[j], anchors, inputs[i],
-                                          in_affines[i], use_prior, t_net)
+                t0 = time.perf_counter()
+                per_class = self.method.candidates(self.model, out, j, self.preset, self.candidate_settings)
+                results[i] = self._finish(per_class, inputs[i], in_affines[i], use_prior, t_net, t0)
         return results  # type: ignore[return-value]
 
-    def _finish(self, logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, inp: ModelInput,
-                in_affine: np.ndarray, use_prior: bool, t_net: float) -> Detection:
-        t0 = time.perf_counter()
-        per_class = select_candidates(logits.float(), deltas.float(), anchors, self.coder,
-                                      pre_nms_top_n=self.pre_nms_top_n, nms_iou=self.preset.nms_iou,
-                                      top_k=self.keep_candidates)
+    def _finish(self, per_class: ClassCandidates, inp: ModelInput, in_affine: np.ndarray, use_prior: bool,
+                t_net: float, t0: float) -> Detection:
+        """Candidates of one volume -> prior (or best per class) -> :class:`Detection`; ``t0``:
+        when the candidate step started (``time.perf_counter``)."""
         cands: list[list[Candidate]] = []
-        for boxes, scores, _ in per_class:
+        for boxes, scores in per_class:
             b = boxes.cpu().double().numpy()
             w = voxel_to_world(b[:, :3], inp.affine) if len(b) else np.zeros((0, 3))
             cands.append([Candidate(b[m], float(scores[m]), w[m]) for m in range(len(b))])

@@ -50,7 +50,8 @@ def iou_balanced_weights(ious: torch.Tensor, ce: torch.Tensor, eta: float) -> to
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, pos_ious: torch.Tensor | None,
-                        eta: float = 1.75, iou_balance: bool = True, reduction: str = "mean") -> torch.Tensor:
+                        eta: float = 1.75, iou_balance: bool = True, reduction: str = "mean",
+                        focal_gamma: float = 0.0) -> torch.Tensor:
     """Eq. 2: IoU-balanced cross-entropy over the sampled anchors.
 
     ``L_cls = sum_{i in Pos} w_i CE_i + sum_{i in Neg} CE_i`` with ``w_i`` from Eq. 3
@@ -71,18 +72,28 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, pos_ious: to
             positive rows are read. May be None when ``iou_balance`` is False.
         eta: Eq. 3 exponent.
         iou_balance: weight the positives by Eq. 3.
-        reduction: ``"mean"`` (over non-ignored anchors), ``"sum"`` or ``"none"`` (``(N,)``,
-            0 for ignored rows).
+        reduction: ``"mean"`` (over non-ignored anchors), ``"positives"`` (the sum divided by
+            the number of positives, at least 1: RetinaNet's normalisation, for losses over
+            all anchors), ``"sum"`` or ``"none"`` (``(N,)``, 0 for ignored rows).
+        focal_gamma: 0 for cross-entropy (the paper); ``gamma > 0`` multiplies each anchor's
+            cross-entropy by ``(1 - p_true)^gamma``, the softmax focal loss (Lin et al. 2017),
+            which lets every anchor enter the loss without sampling: easy background anchors
+            weigh almost nothing. Eq. 3 then balances the positives' focal terms.
 
     Returns:
         scalar loss (or ``(N,)`` for ``"none"``).
     """
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"need logits (N, K+1) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if reduction not in ("mean", "sum", "none", "positives"):
+        raise ValueError(f"reduction must be 'mean', 'positives', 'sum' or 'none', got {reduction!r}")
+    if focal_gamma < 0:
+        raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
     valid = labels >= 0
     ce = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    if focal_gamma > 0:
+        p_true = torch.exp(-ce)
+        ce = (1.0 - p_true).clamp(min=0.0) ** focal_gamma * ce
     weights = torch.ones_like(ce)
     pos = labels > 0
     if iou_balance and eta != 0 and bool(pos.any()):
@@ -96,6 +107,8 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, pos_ious: to
     total = per_anchor.sum()
     if reduction == "sum":
         return total
+    if reduction == "positives":
+        return total / pos.sum().clamp(min=1)
     return total / valid.sum().clamp(min=1)
 
 
@@ -122,7 +135,7 @@ def box_regression_loss(pred_deltas: torch.Tensor, target_deltas: torch.Tensor, 
 
 def rpn_losses(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
                matched_gt_boxes: torch.Tensor, coder: BoxCoder, eta: float = 1.75, iou_balance: bool = True,
-               box_weight: float = 1.0, beta: float = 1.0 / 9) -> dict[str, torch.Tensor]:
+               box_weight: float = 1.0, beta: float = 1.0 / 9, focal_gamma: float = 0.0) -> dict[str, torch.Tensor]:
     """Both RPN losses for the sampled anchors of one volume.
 
     The IoU of each positive for Eq. 3 is computed between its decoded box
@@ -137,6 +150,8 @@ def rpn_losses(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Te
         coder: box coder (Eq. 1).
         eta, iou_balance: see :func:`classification_loss`.
         box_weight: factor of the box loss in ``total``.
+        focal_gamma: 0 for the paper's cross-entropy over sampled anchors (mean over them);
+            ``> 0`` for the focal loss over all anchors, normalised by the number of positives.
 
     Returns:
         ``{"cls", "box", "total"}`` scalars with ``total = cls + box_weight * box``.
@@ -147,7 +162,8 @@ def rpn_losses(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Te
         with torch.no_grad():
             decoded = coder.decode(anchors[pos].float(), deltas[pos].detach().float())
             pos_ious[pos] = box_iou_pairwise(decoded, matched_gt_boxes[pos].float())
-    cls = classification_loss(cls_logits, labels, pos_ious, eta=eta, iou_balance=iou_balance)
+    cls = classification_loss(cls_logits, labels, pos_ious, eta=eta, iou_balance=iou_balance,
+                              reduction="positives" if focal_gamma > 0 else "mean", focal_gamma=focal_gamma)
     target = coder.encode(anchors[pos], matched_gt_boxes[pos])
     box = box_regression_loss(deltas[pos], target, beta=beta)
     return {"cls": cls, "box": box, "total": cls + box_weight * box}

@@ -11,7 +11,15 @@ block 3    ``(B, 4w, D/4, H/4, W/4)``   4
 block 4    ``(B, 8w, D/8, H/8, W/8)``   8
 fusion     ``(B, 4w, D/4, H/4, W/4)``   4  (block 4 up-sampled, concatenated with block 3,
                                             then a 3x3x3 conv)
+fusion 2   ``(B, w,  D/2, H/2, W/2)``   2  (only with ``stride=2``: the fused map up-sampled,
+                                            concatenated with block 2, then a 3x3x3 conv)
 =========  ==========================  =============
+
+``stride=4`` is the paper's network. ``stride=2`` adds one more U-Net step, a documented
+deviation used by the ``cpu-small`` preset: its voxels are twice as large (2.6 mm), so at
+stride 4 neighbouring anchors would be 10.4 mm apart and the 18 mm eye boxes would overlap no
+anchor with IoU > 0.5 for most eye positions; at stride 2 the anchors are 5.2 mm apart, as in
+the paper (1.3 mm x 4).
 
 The RPN head (Sec. 2.2) is a 3x3x3 conv followed by two sibling 1x1x1 convs: ``A * (K + 1)``
 class logits and ``A * 6`` box deltas per feature cell, with ``A = 64`` anchors and ``K = 5``
@@ -55,12 +63,14 @@ class Backbone3d(nn.Module):
     Args:
         width: channels of block 1 (``w``; the paper's Fig. 2 uses 32).
         in_channels: input channels (1 for B-mode ultrasound).
+        stride: 4 (the paper) or 2 (one more fusion step with block 2; see the module docstring).
     """
 
-    stride: int = 4
-
-    def __init__(self, width: int = 32, in_channels: int = 1) -> None:
+    def __init__(self, width: int = 32, in_channels: int = 1, stride: int = 4) -> None:
         super().__init__()
+        if stride not in (2, 4):
+            raise ValueError(f"stride must be 2 or 4, got {stride}")
+        self.stride = stride
         w = width
         self.block1 = VGGBlock3d(in_channels, w)
         self.block2 = VGGBlock3d(w, 2 * w)
@@ -68,6 +78,9 @@ class Backbone3d(nn.Module):
         self.block4 = VGGBlock3d(4 * w, 8 * w)
         self.fuse = conv_bn_relu(8 * w + 4 * w, 4 * w)
         self.out_channels = 4 * w
+        if stride == 2:
+            self.fuse2 = conv_bn_relu(4 * w + 2 * w, w)
+            self.out_channels = w
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return the feature maps of every block and the fused map (key ``"fused"``)."""
@@ -77,7 +90,12 @@ class Backbone3d(nn.Module):
         f4 = self.block4(F.max_pool3d(f3, 2))
         up = F.interpolate(f4, size=f3.shape[-3:], mode="trilinear", align_corners=False)
         fused = self.fuse(torch.cat([up, f3], dim=1))
-        return {"block1": f1, "block2": f2, "block3": f3, "block4": f4, "fused": fused}
+        out = {"block1": f1, "block2": f2, "block3": f3, "block4": f4, "fused": fused}
+        if self.stride == 2:
+            out["fused4"] = fused
+            up2 = F.interpolate(fused, size=f2.shape[-3:], mode="trilinear", align_corners=False)
+            out["fused"] = self.fuse2(torch.cat([up2, f2], dim=1))
+        return out
 
 
 class RPNHead3d(nn.Module):
@@ -111,7 +129,9 @@ class RPNHead3d(nn.Module):
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ``(B, C, f0, f1, f2)`` features to class logits ``(B, f0*f1*f2*A, K+1)`` and box
         deltas ``(B, f0*f1*f2*A, 6)`` in :func:`rpn_lib.anchors.anchor_grid` order."""
-        h = self.conv(features)
+        # channels-last output makes the flattening below a view instead of a copy of the
+        # (B, N, K+1) and (B, N, 6) tensors (N = 2.1 M anchors at stride 2 on 64^3)
+        h = self.conv(features).contiguous(memory_format=torch.channels_last_3d)
         logits = flatten_head_output(self.cls(h), self.num_anchors)
         deltas = flatten_head_output(self.reg(h), self.num_anchors)
         return logits, deltas
@@ -140,14 +160,16 @@ class IGRPN(nn.Module):
         width: first block width ``w`` (paper: 32; ``cpu-small`` preset: 16).
         num_anchors: anchors per feature cell (paper: 64).
         num_classes: ``K + 1`` (paper: 6).
+        stride: voxels per cell of the map the head runs on: 4 (paper) or 2 (``cpu-small``).
     """
 
-    def __init__(self, width: int = 32, num_anchors: int = 64, num_classes: int = NUM_LANDMARKS + 1) -> None:
+    def __init__(self, width: int = 32, num_anchors: int = 64, num_classes: int = NUM_LANDMARKS + 1,
+                 stride: int = 4) -> None:
         super().__init__()
         self.width = width
-        self.backbone = Backbone3d(width)
+        self.backbone = Backbone3d(width, stride=stride)
         self.head = RPNHead3d(self.backbone.out_channels, num_anchors, num_classes)
-        self.stride = Backbone3d.stride
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> RPNOutput:
         """``x``: ``(B, 1, D, H, W)`` with D, H, W multiples of 8."""

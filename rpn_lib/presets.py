@@ -34,7 +34,11 @@ class Preset:
         eta: exponent of the IoU-balanced loss (Eq. 3).
         pos_iou: anchors above this IoU with a ground truth are positive (Sec. 3).
         neg_iou: anchors below this IoU with every ground truth are negative (Sec. 3).
-        anchors_per_volume: anchors sampled per volume for the classification loss.
+        anchors_per_volume: anchors sampled per volume for the classification loss; 0 takes
+            every labelled anchor (dense, used with ``focal_gamma > 0``).
+        focal_gamma: 0: the paper's softmax cross-entropy over the sampled anchors; ``> 0``:
+            softmax focal loss with this exponent over all anchors, normalised by the number of
+            positives (:func:`rpn_lib.losses.classification_loss`).
         max_pos_fraction: at most this share of the sampled anchors are positives.
         hard_negative_fraction: share of the sampled negatives that are the hardest ones (highest
             foreground probability); the rest are drawn at random. 0 gives Faster R-CNN's
@@ -48,7 +52,10 @@ class Preset:
         lr: peak learning rate (AdamW).
         weight_decay: AdamW weight decay.
         rotation_deg: augmentation rotation range, +- degrees about each axis (Sec. 3).
-        flip: whether left-right flips augment the training data (Sec. 3).
+        flip: whether flips augment the training data (Sec. 3).
+        flip_axes: array axes a flip may mirror. Choice: ``(1, 2)``, the axes across the beam
+            (axis 0 is depth in the synthetic data and in the usual scanner export): a mirror in
+            depth would show the probe below the face, which no scan does.
         nms_iou: class-wise NMS threshold before the top-k candidates are taken.
         top_k: candidates per class kept for the graph prior (Sec. 2.3).
     """
@@ -63,6 +70,7 @@ class Preset:
     pos_iou: float = 0.5
     neg_iou: float = 0.25
     anchors_per_volume: int = 512
+    focal_gamma: float = 0.0
     max_pos_fraction: float = 0.25
     hard_negative_fraction: float = 0.5
     hard_negative_start: float = 0.4
@@ -72,6 +80,7 @@ class Preset:
     weight_decay: float = 1e-4
     rotation_deg: float = 25.0
     flip: bool = True
+    flip_axes: tuple[int, ...] = (1, 2)
     nms_iou: float = 0.3
     top_k: int = 2
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,15 +1,20 @@
-"""Training the IG-RPN: one function, :func:`train`, used by the CLI and the book.
+"""Training the IG-RPN and the baselines: one function, :func:`train`, used by the CLI and the book.
 
 Per step: draw ``batch_size`` training volumes, augment each (rotation and flip, Sec. 3),
-run the network, label all anchors of each volume against its five landmark-centred boxes
-(positive IoU > 0.5 or best anchor of a box, negative IoU < 0.25, Sec. 3), sample a fixed
+run the network, and minimise the method's loss with AdamW. For the IG-RPN (``method="rpn"``)
+the loss labels all anchors of each volume against its five landmark-centred boxes
+(positive IoU > 0.5 or best anchor of a box, negative IoU < 0.25, Sec. 3), samples a fixed
 number of anchors per volume (positives at random; negatives half the hardest, half at
-random: NOTES item 8), and minimise the IoU-balanced classification loss (Eq. 2-3)
-plus a smooth-L1 box loss on the positives.
+random: NOTES item 8), and takes the IoU-balanced classification loss (Eq. 2-3)
+plus a smooth-L1 box loss on the positives (:func:`rpn_lib.methods.compute_losses`).
+
+The loop (data, augmentation, optimiser, learning-rate schedule, checkpoints, exact resume,
+logs) is the same for every method; a :class:`rpn_lib.methods.Method` supplies the network
+and its loss (``method="ssd"``, ``"faster-rcnn"``, ``"heatmap"``: :mod:`rpn_lib.baselines`).
 
 A run folder holds ``checkpoint.pt`` (everything needed to resume exactly: weights, optimiser,
 step, random state), ``model.pt`` (what inference needs: weights, preset, graph prior, label
-names), ``log.csv`` (losses every ``log_every`` steps) and ``train.json`` (the run's settings
+names, method), ``log.csv`` (losses every ``log_every`` steps) and ``train.json`` (the run's settings
 and timing). Both ``.pt`` files hold only tensors, numbers and strings, and are read with
 ``torch.load(..., weights_only=True)``.
 """
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -30,18 +34,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rpn_lib.anchors import Matcher, anchor_grid, label_anchors, sample_anchors
 from rpn_lib.augment import augment
-from rpn_lib.boxes import BoxCoder
 from rpn_lib.checkpoint import load_checkpoint, save_checkpoint, save_model
 from rpn_lib.data.dataset import LandmarkDataset
 from rpn_lib.data.geometry import world_to_voxel
 from rpn_lib.data.preprocess import prepare_volume
 from rpn_lib.errors import DataError
 from rpn_lib.fileio import atomic_write, atomic_write_json
-from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS, box_size_vox
-from rpn_lib.losses import rpn_losses
-from rpn_lib.model import IGRPN
+from rpn_lib.landmarks import LANDMARK_NAMES
+from rpn_lib.methods import (  # noqa: F401 - StepLosses, compute_losses, gt_boxes_from_landmarks: the book imports them from here
+    StepLosses, TrainContext, compute_losses, get_method, gt_boxes_from_landmarks,
+)
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.prior import GraphPrior
 
@@ -89,74 +92,12 @@ def load_training_set(dataset: LandmarkDataset, preset: Preset, progress: bool =
     return TrainingSet(torch.stack(vols), torch.stack(lms_vox), np.stack(lms_world), ids)
 
 
-def gt_boxes_from_landmarks(landmarks_vox: torch.Tensor, spacing_mm: float) -> torch.Tensor:
-    """``(5, 3)`` landmark voxels -> ``(5, 6)`` landmark-centred cubic boxes (Sec. 2.2 sizes)."""
-    sizes = torch.tensor(box_size_vox(spacing_mm), dtype=landmarks_vox.dtype, device=landmarks_vox.device)
-    return torch.cat([landmarks_vox, sizes[:, None].expand(-1, 3)], dim=1)
-
-
 def learning_rate(step: int, total: int, peak: float, warmup: int = 100) -> float:
     """Linear warm-up for ``warmup`` steps, then cosine decay to 5 % of ``peak`` at ``total``."""
     if step < warmup:
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
-@dataclass
-class StepLosses:
-    """Losses of one step (batch means)."""
-
-    total: torch.Tensor
-    cls: float
-    box: float
-    positives: float
-
-
-def compute_losses(
-    out_logits: torch.Tensor,
-    out_deltas: torch.Tensor,
-    anchors: torch.Tensor,
-    landmarks_vox: torch.Tensor,
-    preset: Preset,
-    coder: BoxCoder,
-    matcher: Matcher,
-    generator: torch.Generator,
-    iou_balance: bool = True,
-    hard_mining: bool = True,
-) -> StepLosses:
-    """Eq. 2-3 classification loss + smooth-L1 box loss for a batch.
-
-    Args:
-        out_logits: ``(B, N, K+1)`` network class logits.
-        out_deltas: ``(B, N, 6)`` network box deltas.
-        anchors: ``(N, 6)`` anchors of the feature map.
-        landmarks_vox: ``(B, 5, 3)`` ground-truth landmarks on the model grid.
-        iou_balance: weight positives by Eq. 3 (False: plain cross-entropy, the ablation).
-        hard_mining: draw ``preset.hard_negative_fraction`` of the negatives as the hardest.
-    """
-    classes = torch.arange(NUM_LANDMARKS, device=anchors.device)
-    cls_terms, box_terms, n_pos = [], [], 0.0
-    for b in range(out_logits.shape[0]):
-        gt = gt_boxes_from_landmarks(landmarks_vox[b].to(anchors), preset.spacing_mm)
-        labels, matched = label_anchors(anchors, gt, classes, matcher)
-        hard = None
-        if preset.hard_negative_fraction > 0 and hard_mining:
-            # hardness of a negative: its highest landmark probability (it would win a class's top-k)
-            hard = out_logits[b].detach().float().softmax(-1)[:, 1:].amax(-1)
-        pos_idx, neg_idx = sample_anchors(labels.cpu(), preset.anchors_per_volume, preset.max_pos_fraction, generator,
-                                          hard_negative_scores=hard, hard_fraction=preset.hard_negative_fraction)
-        pos_idx, neg_idx = pos_idx.to(anchors.device), neg_idx.to(anchors.device)
-        idx = torch.cat([pos_idx, neg_idx])
-        gt_of_anchor = gt[matched.clamp(min=0)[idx]]
-        losses = rpn_losses(out_logits[b, idx].float(), out_deltas[b, idx].float(), anchors[idx], labels[idx],
-                            gt_of_anchor, coder, eta=preset.eta, iou_balance=iou_balance)
-        cls_terms.append(losses["cls"])
-        box_terms.append(losses["box"])
-        n_pos += pos_idx.numel()
-    cls_loss = torch.stack(cls_terms).mean()
-    box_loss = torch.stack(box_terms).mean()
-    return StepLosses(cls_loss + box_loss, float(cls_loss.detach()), float(box_loss.detach()), n_pos / out_logits.shape[0])
 
 
 @dataclass
@@ -202,8 +143,10 @@ def train(
     progress: bool = True,
     max_cases: int | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    method: str = "rpn",
+    method_options: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train an IG-RPN on the ``train`` split of a dataset folder and write a run folder.
+    """Train an IG-RPN (or a baseline) on the ``train`` split of a dataset folder and write a run folder.
 
     Args:
         data: dataset folder (``images/``, ``landmarks/``, optional ``splits.json``) or a
@@ -214,7 +157,8 @@ def train(
         seed: seeds the weights, the data order, augmentation and anchor sampling.
         resume: continue from ``out/checkpoint.pt`` exactly where it stopped.
         iou_balance: use the IoU-balanced classification loss (Eq. 2-3); False is the
-            ablation with plain cross-entropy.
+            ablation with plain cross-entropy. (Faster R-CNN: its second-stage classifier;
+            heatmap regression has no class scores and ignores it.)
         checkpoint_every: write ``checkpoint.pt`` and ``model.pt`` every this many steps.
         log_every: append the running mean of the losses to ``log.csv`` this often.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
@@ -222,6 +166,10 @@ def train(
         progress: show a progress bar with the loss and the step rate.
         max_cases: use only the first ``max_cases`` training cases (tests, quick demos).
         callback: called as ``callback(step, row)`` after each logged step.
+        method: ``"rpn"`` (the IG-RPN), ``"ssd"``, ``"faster-rcnn"`` or ``"heatmap"``
+            (:data:`rpn_lib.methods.METHOD_NAMES`).
+        method_options: the method's own options (fields of its dataclass, e.g.
+            ``{"sigma_mm": 4.0}`` for ``heatmap``); defaults when None.
     """
     preset = get_preset(preset)
     steps = int(steps if steps is not None else preset.steps)
@@ -229,6 +177,7 @@ def train(
         raise ValueError("steps must be positive")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    meth = get_method(method, method_options)
     out = Path(out)
     dev = resolve_device(device)
     dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")
@@ -238,28 +187,30 @@ def train(
     prior = GraphPrior.fit(ts.landmarks_world)
 
     torch.manual_seed(seed)
-    model = IGRPN(width=preset.width).to(dev)
+    model = meth.build(preset).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     config = {"preset": preset.to_dict(), "steps": steps, "seed": seed, "iou_balance": iou_balance,
-              "precision": precision, "train_cases": len(ts.case_ids)}
+              "precision": precision, "train_cases": len(ts.case_ids), "method": method,
+              "method_options": meth.options()}
     start_step = 0
     ckpt_path = out / "checkpoint.pt"
     if resume:
         if not ckpt_path.exists():
             raise DataError("no checkpoint.pt to resume from", out)
         state = load_checkpoint(ckpt_path)
-        if state["config"]["preset"] != config["preset"] or state["config"]["iou_balance"] != iou_balance:
-            raise DataError("checkpoint was made with other settings (preset or iou_balance)", ckpt_path)
+        old = state["config"]
+        if (old["preset"] != config["preset"] or old["iou_balance"] != iou_balance
+                or old.get("method", "rpn") != method
+                or old.get("method_options", {}) != config["method_options"]):
+            raise DataError("checkpoint was made with other settings (preset, iou_balance, method or "
+                            "method options)", ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start_step = state["step"]
     log_rows = _read_log(out / "log.csv", start_step) if resume else []
 
-    feat = model.feature_shape(preset.shape_vox)
-    anchors = anchor_grid(feat, model.stride, preset.anchor_base_vox, device=dev)
-    coder, matcher = BoxCoder(), Matcher(preset.pos_iou, preset.neg_iou, allow_low_quality_matches=True)
     n_cases = ts.volumes.shape[0]
     acc: dict[str, float] = {"loss": 0.0, "cls": 0.0, "box": 0.0, "positives": 0.0}
     acc_n, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
@@ -268,7 +219,8 @@ def train(
     def checkpoint(step: int) -> None:
         save_checkpoint(ckpt_path, model, optimizer, generator, step, config)
         save_model(out / "model.pt", model, preset, prior, LANDMARK_NAMES,
-                   meta={"steps": step, "seed": seed, "iou_balance": iou_balance, "precision": precision})
+                   meta={"steps": step, "seed": seed, "iou_balance": iou_balance, "precision": precision,
+                         "method": method, "method_options": meth.options()})
         _write_log(out / "log.csv", log_rows)
 
     model.train()
@@ -280,15 +232,15 @@ def train(
         idx = torch.randint(0, n_cases, (preset.batch_size,), generator=generator)
         vols, lms = [], []
         for i in idx.tolist():
-            v, lm = augment(ts.volumes[i], ts.landmarks_vox[i], generator, preset.rotation_deg, preset.flip)
+            v, lm = augment(ts.volumes[i], ts.landmarks_vox[i], generator, preset.rotation_deg, preset.flip,
+                                flip_axes=preset.flip_axes)
             vols.append(v)
             lms.append(lm)
         x = torch.stack(vols)[:, None].to(dev)
         lm_b = torch.stack(lms).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out_ = model(x)
-        losses = compute_losses(out_.cls_logits, out_.box_deltas, anchors, lm_b, preset, coder, matcher,
-                                generator, iou_balance, hard_mining=step >= preset.hard_negative_start * steps)
+        ctx = TrainContext(preset, generator, iou_balance, hard_mining=step >= preset.hard_negative_start * steps,
+                           device=dev, precision=precision)
+        losses = meth.training_losses(model, x, lm_b, ctx)
         optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)

@@ -1,0 +1,1094 @@
+"""Performance benchmark: where detection and training spend their time, and how close to the
+machine's limit the network runs.
+
+Every measurement is a function that returns a plain, JSON-ready ``dict``;
+:func:`run_benchmark` composes them for the ``cpu-small`` and ``paper`` presets, prints a
+table (:func:`format_report`) and writes the whole result as JSON. What is measured:
+
+- detection latency per volume through :meth:`rpn_lib.detect.Detector.detect` itself (the
+  code path of ``rpn-lib detect``), split into the network (backbone + head), candidate
+  selection (:func:`rpn_lib.candidates.select_candidates`) and the graph prior
+  (:func:`rpn_lib.prior.select_combination`) from the detector's own ``timing_ms``;
+- one training step as :func:`rpn_lib.train.train` runs it (augmentation, the method's
+  :meth:`~rpn_lib.methods.Method.training_losses`: forward and loss, backward, AdamW), in fp32
+  and bf16;
+- peak memory: the process's peak resident set (``VmHWM`` of ``/proc/self/status``, reset
+  before each measurement through ``/proc/self/clear_refs``) and, on CUDA,
+  ``torch.cuda.max_memory_allocated``;
+- forward time, FLOPs and memory for growing volumes (64^3 ... 160^3);
+- achieved FLOP/s of the forward pass (FLOPs counted with
+  :class:`torch.utils.flop_counter.FlopCounterMode`: two per multiply-add of every
+  convolution) against the measured rate of a large dense matmul in the same precision, and
+  the end-to-end time over that floor;
+- levers side by side on the forward pass: autocast precision, ``channels_last_3d``,
+  ``inference_mode`` against ``no_grad``, batch 2, thread count, ``torch.compile`` (and
+  ``cudnn.benchmark`` on CUDA);
+- peers on the same volume when their modules are importable (:data:`PEERS`): the baselines
+  of :mod:`rpn_lib.baselines` (heatmap regression, SSD, Faster R-CNN) and MONAI's RetinaNet
+  (:mod:`rpn_lib.baselines.retinanet_peer`), network and end to end, as ratios to the IG-RPN;
+- optionally, the accuracy cost of autocast: d-mean of a trained model on a test split in
+  fp32 and with autocast (bf16 on CPU, fp16 on CUDA).
+
+Times are wall-clock medians over ``repeats`` runs after ``warmup`` runs (CUDA is synchronised
+before each clock read). Untrained weights are used unless a model file is given: the time of
+every stage but the NMS does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import gc
+import os
+import platform
+import re
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rpn_lib.augment import augment
+from rpn_lib.checkpoint import LoadedModel, load_model
+from rpn_lib.data.geometry import world_to_voxel
+from rpn_lib.data.preprocess import prepare_volume
+from rpn_lib.data.synth import generate_case, sample_scene
+from rpn_lib.detect import Detector
+from rpn_lib.errors import RpnLibError
+from rpn_lib.fileio import atomic_write, atomic_write_json
+from rpn_lib.landmarks import LANDMARK_NAMES
+from rpn_lib.methods import TrainContext, get_method
+from rpn_lib.model import IGRPN
+from rpn_lib.presets import Preset, get_preset
+from rpn_lib.prior import GraphPrior
+from rpn_lib.train import resolve_device
+
+BENCH_FORMAT = "rpn-lib-bench/1"
+DEFAULT_SIZES = (64, 96, 128, 160)
+"""Cube sides (voxels) of the size-scaling table."""
+DEFAULT_SIZE_WIDTH = 32
+"""First-block width of the size-scaling model (the paper's)."""
+QUICK_SHAPE = (32, 32, 32)
+"""``--quick``: input shape of every preset (same field of view, coarser voxels)."""
+QUICK_WIDTH = 4
+"""``--quick``: first-block width of every preset."""
+QUICK_SIZES = (16, 24)
+"""``--quick``: cube sides of the size-scaling table."""
+QUICK_SIZE_WIDTH = 2
+"""``--quick``: width of the size-scaling model."""
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_MB = 1024.0 * 1024.0
+
+
+# --------------------------------------------------------------------------------------------
+# clocks and memory
+# --------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _r(x: float | None, nd: int = 3) -> float | None:
+    """Round for JSON; None and non-finite values become None (JSON has no NaN)."""
+    if x is None or not np.isfinite(x):
+        return None
+    return round(float(x), nd)
+
+
+def _error(e: BaseException) -> str:
+    """An exception as one short line for a result row."""
+    msg = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {msg}"
+
+
+def _stats_ms(runs_ms: Sequence[float]) -> dict[str, Any]:
+    return {"median_ms": _r(statistics.median(runs_ms)), "min_ms": _r(min(runs_ms)),
+            "max_ms": _r(max(runs_ms)), "runs_ms": [_r(t) for t in runs_ms]}
+
+
+def _status_kb(key: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (Linux), or None."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{key}:\s+(\d+)\s+kB", text, flags=re.M)
+    return int(m.group(1)) if m else None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (``VmHWM``); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Context manager measuring the peak memory of the code inside it.
+
+    CPU: the peak resident set size of the process (``VmHWM``), reset on entry. Where the
+    reset is impossible (not Linux, or no permission) the peak is ``ru_maxrss``, the peak of
+    the whole process lifetime, and ``cpu_peak_method`` says so. The peak includes what was
+    resident before (Python, torch, weights): ``cpu_peak_extra_mb`` is the growth during the
+    block. CUDA: ``torch.cuda.max_memory_allocated`` with its counter reset on entry.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.result: dict[str, Any] = {}
+
+    def __enter__(self) -> "PeakMemory":
+        gc.collect()
+        self._reset = _reset_peak_rss()
+        self._rss_before = _status_kb("VmRSS")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._cuda_before = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _sync(self.device)
+        hwm = _status_kb("VmHWM")
+        if self._reset and hwm is not None:
+            peak_kb, method = hwm, "VmHWM, reset before the measurement"
+        else:
+            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+            method = "ru_maxrss (peak of the process lifetime)"
+        before = self._rss_before
+        self.result = {
+            "cpu_peak_rss_mb": _r(peak_kb / 1024.0, 1),
+            "cpu_rss_before_mb": _r(before / 1024.0, 1) if before is not None else None,
+            "cpu_peak_extra_mb": _r((peak_kb - before) / 1024.0, 1) if before is not None else None,
+            "cpu_peak_method": method,
+            "cuda_max_allocated_mb": None, "cuda_allocated_before_mb": None,
+        }
+        if self.device.type == "cuda":
+            self.result["cuda_max_allocated_mb"] = _r(torch.cuda.max_memory_allocated(self.device) / _MB, 1)
+            self.result["cuda_allocated_before_mb"] = _r(self._cuda_before / _MB, 1)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 5, warmup: int = 1,
+              memory: bool = True) -> dict[str, Any]:
+    """Wall time of ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+
+    Returns ``median_ms``, ``min_ms``, ``max_ms``, ``runs_ms`` (milliseconds per call),
+    ``repeats``, ``warmup`` and, with ``memory``, ``memory`` (a :class:`PeakMemory` result over
+    the timed calls).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    runs = []
+    with PeakMemory(device) if memory else contextlib.nullcontext() as pm:
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            runs.append((time.perf_counter() - t0) * 1e3)
+    out = {**_stats_ms(runs), "repeats": repeats, "warmup": warmup}
+    if memory:
+        out["memory"] = pm.result  # type: ignore[union-attr]
+    return out
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``torch.set_num_threads(n)`` (None: unchanged), restoring it after."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``"bf16"`` / ``"fp16"``; nothing for ``"fp32"``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def amp_precision(device: torch.device) -> str:
+    """The autocast precision :class:`~rpn_lib.detect.Detector` uses with ``amp=True`` here."""
+    return "fp16" if device.type == "cuda" else "bf16"
+
+
+# --------------------------------------------------------------------------------------------
+# machine
+# --------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, memory, threads, torch, GPU."""
+    mem_kb = None
+    with contextlib.suppress(OSError):
+        m = re.search(r"^MemTotal:\s+(\d+)\s+kB", Path("/proc/meminfo").read_text(), flags=re.M)
+        mem_kb = int(m.group(1)) if m else None
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "usable_cores": usable_cores(),
+        "memory_gb": _r(mem_kb / 1024.0 ** 2, 1) if mem_kb else None,
+        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "mkldnn": bool(torch.backends.mkldnn.is_available()), "device": str(device),
+        "gpu": None, "cuda": None, "cudnn_allow_tf32": None, "cuda_matmul_allow_tf32": None,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        # TF32 convolutions (cuDNN's default) can beat the fp32 matmul peak measured without TF32
+        info["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+        info["cuda_matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs and the matmul peak
+# --------------------------------------------------------------------------------------------
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Floating-point operations of one forward pass of ``model`` on an input of ``input_shape``.
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode`: two per multiply-add of
+    convolutions and matrix products; normalisation, activations, pooling and interpolation
+    are not counted. The count runs on a copy of the model on the ``meta`` device (no
+    arithmetic); a model that needs real values (e.g. ``.item()`` in its forward) is run
+    once on a random input instead.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = tuple(int(s) for s in input_shape)
+    try:
+        meta = copy.deepcopy(model).to("meta").eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            meta(torch.empty(shape, device="meta"))
+    except (RuntimeError, NotImplementedError):
+        dev = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as fc:
+                model(torch.rand(shape, device=dev))
+        finally:
+            model.train(was_training)
+    return int(fc.get_total_flops())
+
+
+def matmul_peak(n: int = 4096, precision: str = "fp32", device: str | torch.device = "cpu",
+                repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
+    """Rate of an ``n x n`` by ``n x n`` dense matmul in ``precision``: the practical peak.
+
+    Returns ``n``, ``precision``, ``ms`` (median), ``gflops_per_s`` (``2 n^3`` over the median)
+    and ``best_gflops_per_s`` (over the fastest run).
+    """
+    dev = resolve_device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dev, _DTYPES[precision])
+    b = torch.randn(n, n, generator=g).to(dev, _DTYPES[precision])
+    t = time_call(lambda: torch.mm(a, b), dev, repeats, warmup, memory=False)
+    flops = 2.0 * n ** 3
+    return {"n": n, "precision": precision, "ms": t["median_ms"],
+            "gflops_per_s": _r(flops / (t["median_ms"] * 1e-3) / 1e9, 1),
+            "best_gflops_per_s": _r(flops / (t["min_ms"] * 1e-3) / 1e9, 1), "repeats": repeats}
+
+
+# --------------------------------------------------------------------------------------------
+# forward pass under a setting
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForwardSetting:
+    """How a forward pass is run (one lever combination).
+
+    Attributes:
+        precision: ``fp32``, or autocast to ``bf16`` / ``fp16``.
+        channels_last: weights and input in ``torch.channels_last_3d``.
+        grad_mode: ``inference_mode`` (what the detector uses) or ``no_grad``.
+        batch: volumes per forward pass (times are reported per volume).
+        threads: ``torch.set_num_threads`` during the measurement (None: unchanged).
+        compile: wrap the model in ``torch.compile``.
+        cudnn_benchmark: ``torch.backends.cudnn.benchmark`` (CUDA only).
+    """
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    grad_mode: str = "inference_mode"
+    batch: int = 1
+    threads: int | None = None
+    compile: bool = False
+    cudnn_benchmark: bool = False
+
+    def label(self) -> str:
+        """Short description, e.g. ``"bf16, channels_last_3d, batch 2"``."""
+        parts = [self.precision]
+        if self.channels_last:
+            parts.append("channels_last_3d")
+        if self.grad_mode != "inference_mode":
+            parts.append(self.grad_mode)
+        if self.batch != 1:
+            parts.append(f"batch {self.batch}")
+        if self.threads is not None:
+            parts.append(f"{self.threads} thread{'s' if self.threads != 1 else ''}")
+        if self.compile:
+            parts.append("torch.compile")
+        if self.cudnn_benchmark:
+            parts.append("cudnn.benchmark")
+        return ", ".join(parts)
+
+
+def _grad_ctx(mode: str) -> contextlib.AbstractContextManager:
+    if mode == "inference_mode":
+        return torch.inference_mode()
+    if mode == "no_grad":
+        return torch.no_grad()
+    raise ValueError(f"grad_mode must be 'inference_mode' or 'no_grad', got {mode!r}")
+
+
+def time_forward(model: nn.Module, shape_vox: Sequence[int], setting: ForwardSetting = ForwardSetting(),
+                 device: str | torch.device = "cpu", repeats: int = 5, warmup: int = 1,
+                 seed: int = 0) -> dict[str, Any]:
+    """Time ``model`` on a random ``(batch, 1, *shape_vox)`` input under ``setting``.
+
+    ``model`` is not changed (``channels_last`` and ``compile`` work on a copy). Returns
+    ``setting``, ``shape_vox``, ``ms_per_volume`` (median per call / batch), ``timing`` (of a
+    whole call, see :func:`time_call`) and ``memory``.
+    """
+    dev = resolve_device(device)
+    m = model.to(dev).eval()
+    if setting.channels_last:
+        m = copy.deepcopy(m).to(memory_format=torch.channels_last_3d)
+    if setting.compile:
+        m = torch.compile(m)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((setting.batch, 1, *(int(s) for s in shape_vox)), generator=g).to(dev)
+    if setting.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+
+    def fwd() -> None:
+        with _grad_ctx(setting.grad_mode), autocast(dev, setting.precision):
+            m(x)
+
+    old_bench = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = setting.cudnn_benchmark
+        with num_threads(setting.threads):
+            t = time_call(fwd, dev, repeats, warmup)
+    finally:
+        torch.backends.cudnn.benchmark = old_bench
+    mem = t.pop("memory")
+    return {"setting": asdict(setting), "label": setting.label(), "shape_vox": [int(s) for s in shape_vox],
+            "ms_per_volume": _r(t["median_ms"] / setting.batch), "timing": t, "memory": mem}
+
+
+# --------------------------------------------------------------------------------------------
+# inputs and models
+# --------------------------------------------------------------------------------------------
+
+
+def quick_preset(preset: str | Preset) -> Preset:
+    """A tiny version of a preset for smoke tests: :data:`QUICK_SHAPE` voxels over the same
+    field of view (coarser spacing), width :data:`QUICK_WIDTH`."""
+    p = get_preset(preset)
+    spacing = p.spacing_mm * p.shape_vox[0] / QUICK_SHAPE[0]
+    return p.replace(name=f"{p.name}-quick", shape_vox=QUICK_SHAPE, spacing_mm=spacing, width=QUICK_WIDTH)
+
+
+def synthetic_landmarks(preset: str | Preset, n: int = 8, seed: int = 0) -> np.ndarray:
+    """``(n, 5, 3)`` landmark sets (world mm) of synthetic scenes at ``preset``'s field of view
+    (no volume is rendered)."""
+    p = get_preset(preset)
+    return np.stack([sample_scene(seed + i, p.field_of_view_mm)[0].face.landmarks_world for i in range(n)])
+
+
+def untrained_detector(preset: str | Preset, device: str | torch.device = "auto", amp: bool = False,
+                       seed: int = 0, method: str = "rpn") -> Detector:
+    """A :class:`Detector` of ``method`` (:data:`rpn_lib.methods.METHOD_NAMES`) with random
+    weights and a graph prior fitted on synthetic landmarks: the same code path and cost as a
+    trained one (NMS aside), without a model file."""
+    p = get_preset(preset)
+    meth = get_method(method)
+    torch.manual_seed(seed)
+    model = meth.build(p)
+    prior = GraphPrior.fit(synthetic_landmarks(p, seed=seed))
+    loaded = LoadedModel(model, p, prior, list(LANDMARK_NAMES), {"untrained": True, "method": method},
+                         Path("untrained"), meth)
+    return Detector(loaded, device=device, amp=amp)
+
+
+def build_model(preset: str | Preset, device: str | torch.device = "cpu", seed: int = 0,
+                method: str = "rpn") -> nn.Module:
+    """The network of ``method`` with random weights at ``preset``'s scale, in eval mode."""
+    p = get_preset(preset)
+    meth = get_method(method)
+    torch.manual_seed(seed)
+    return meth.build(p).to(resolve_device(device)).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# detection latency
+# --------------------------------------------------------------------------------------------
+
+
+def bench_detect(detector: Detector, volume: np.ndarray, affine: np.ndarray, repeats: int = 5,
+                 warmup: int = 1, use_prior: bool = True) -> dict[str, Any]:
+    """Latency of :meth:`Detector.detect` on one volume, split into its stages.
+
+    Returns (milliseconds, medians over the timed runs): ``end_to_end`` (a :func:`time_call`
+    dict of the whole ``detect`` call), ``network_ms`` (backbone + head, with the copy to the
+    device), ``candidates_ms`` (:func:`~rpn_lib.candidates.select_candidates` and conversion
+    to world mm), ``prior_ms`` (:func:`~rpn_lib.prior.select_combination`), ``other_ms``
+    (validation, resampling and intensity normalisation, result assembly: the rest of the
+    call), ``candidates_prior_share`` of the end-to-end time, ``precision``, ``grid_shape``
+    (the volume on the model grid), ``n_anchors`` and ``memory``.
+    """
+    parts: list[dict[str, float]] = []
+    totals: list[float] = []
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        res = detector.detect(volume, affine, use_prior=use_prior)
+        _sync(detector.device)
+        totals.append((time.perf_counter() - t0) * 1e3)
+        parts.append(dict(res.timing_ms))
+
+    t = time_call(run, detector.device, repeats, warmup)
+    parts, totals = parts[warmup:], totals[warmup:]
+    med = {k: statistics.median(p[k] for p in parts) for k in ("network", "candidates", "prior")}
+    other = statistics.median(tot - sum(p.values()) for tot, p in zip(totals, parts))
+    e2e = statistics.median(totals)
+    grid = detector.prepare(volume, affine).array.shape
+    n_anchors = None
+    if isinstance(detector.model, IGRPN):
+        n_anchors = int(np.prod(detector.model.feature_shape(grid))) * detector.model.head.num_anchors
+    return {
+        "precision": amp_precision(detector.device) if detector.amp else "fp32",
+        "end_to_end": _stats_ms(totals), "network_ms": _r(med["network"]), "candidates_ms": _r(med["candidates"]),
+        "prior_ms": _r(med["prior"]), "other_ms": _r(other),
+        "candidates_prior_share": _r((med["candidates"] + med["prior"]) / e2e, 4),
+        "grid_shape": [int(s) for s in grid], "n_anchors": n_anchors, "use_prior": use_prior,
+        "repeats": repeats, "warmup": warmup, "memory": t["memory"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# training step
+# --------------------------------------------------------------------------------------------
+
+
+def bench_train_step(preset: str | Preset, device: str | torch.device = "auto", precision: str = "fp32",
+                     repeats: int = 3, warmup: int = 1, seed: int = 0, batch_size: int | None = None,
+                     hard_mining: bool = True, method: str = "rpn") -> dict[str, Any]:
+    """Time of one training step as :func:`rpn_lib.train.train` runs it, split into its parts.
+
+    The step is the training loop's: augmentation (:func:`rpn_lib.augment.augment`), the
+    method's :meth:`~rpn_lib.methods.Method.training_losses` (forward pass under autocast and
+    the loss: for the IG-RPN anchor labelling, sampling and Eq. 2-3), backward, gradient
+    clipping and AdamW. The batch is ``batch_size`` (default: the preset's) augmented copies of
+    one synthetic volume on the preset's grid; hard-negative mining is on (as in the last 60 %
+    of a run).
+
+    Returns per-part medians in ms: ``data`` (augmentation and copy to the device),
+    ``forward`` (the network's own calls, clocked by forward hooks), ``loss`` (the rest of
+    ``training_losses``), ``backward``, ``optimizer``; ``step`` (a :func:`time_call`-style dict
+    of the whole step), ``samples_per_s`` and ``memory``.
+    """
+    p = get_preset(preset)
+    dev = resolve_device(device)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"training precision must be 'fp32' or 'bf16', got {precision!r}")
+    bs = int(batch_size or p.batch_size)
+    case = generate_case(seed, p.spacing_mm, p.shape_vox)
+    inp = prepare_volume(case.volume, case.affine, p.spacing_mm, p.shape_vox)
+    vol = torch.from_numpy(inp.array)
+    lm = torch.from_numpy(world_to_voxel(case.landmarks_world, inp.affine)).float()
+    meth = get_method(method)
+    torch.manual_seed(seed)
+    model = meth.build(p).to(dev).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    ctx = TrainContext(p, generator, iou_balance=True, hard_mining=hard_mining, device=dev, precision=precision)
+    fwd_clock: list[float] = []  # start, end, start, end ... of the network's calls in one step
+
+    def mark(*_: Any) -> None:
+        _sync(dev)
+        fwd_clock.append(time.perf_counter())
+
+    hooks = [model.register_forward_pre_hook(mark), model.register_forward_hook(mark)]
+    parts: list[dict[str, float | None]] = []
+
+    def step() -> None:
+        fwd_clock.clear()
+        clock = [time.perf_counter()]
+
+        def tick() -> None:
+            _sync(dev)
+            clock.append(time.perf_counter())
+
+        vols, lms = zip(*(augment(vol, lm, generator, p.rotation_deg, p.flip, flip_axes=p.flip_axes) for _ in range(bs)))
+        x, lm_b = torch.stack(vols)[:, None].to(dev), torch.stack(lms).to(dev)
+        tick()
+        losses = meth.training_losses(model, x, lm_b, ctx)
+        tick()
+        optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        tick()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        tick()
+        ms = [(clock[i + 1] - clock[i]) * 1e3 for i in range(4)]
+        fwd = sum(fwd_clock[i + 1] - fwd_clock[i] for i in range(0, len(fwd_clock) - 1, 2)) * 1e3 if fwd_clock else None
+        parts.append({"data": ms[0], "forward": fwd, "loss": None if fwd is None else ms[1] - fwd,
+                      "forward_loss": ms[1], "backward": ms[2], "optimizer": ms[3]})
+
+    try:
+        t = time_call(step, dev, repeats, warmup)
+    finally:
+        for h in hooks:
+            h.remove()
+    timed = parts[warmup:]
+    res: dict[str, Any] = {
+        "method": method, "precision": precision, "batch_size": bs, "hard_mining": hard_mining,
+        "shape_vox": list(p.shape_vox),
+        "step": {k: t[k] for k in ("median_ms", "min_ms", "max_ms", "runs_ms", "repeats", "warmup")},
+        "samples_per_s": _r(bs / (t["median_ms"] * 1e-3), 3), "memory": t["memory"]}
+    for name in timed[0]:
+        vals = [q[name] for q in timed if q[name] is not None]
+        res[f"{name}_ms"] = _r(statistics.median(vals)) if vals else None
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# size scaling, levers, peers
+# --------------------------------------------------------------------------------------------
+
+
+def bench_sizes(sizes: Sequence[int] = DEFAULT_SIZES, width: int = DEFAULT_SIZE_WIDTH, stride: int = 4,
+                device: str | torch.device = "auto", repeats: int = 5, warmup: int = 1,
+                precision: str = "fp32") -> dict[str, Any]:
+    """Forward time, FLOPs and peak memory of a width-``width`` IG-RPN on cubes of ``sizes``.
+
+    Returns ``width``, ``stride``, ``precision`` and ``rows``, one per size: ``size``,
+    ``voxels``, ``gflop``, ``ms`` (per volume, batch 1), ``gflops_per_s``, ``memory``.
+    """
+    bad = [s for s in sizes if s < 8 or s % 8]
+    if bad:
+        raise ValueError(f"volume sizes must be positive multiples of 8 (three down-samplings), got {bad}")
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = IGRPN(width=width, stride=stride).to(dev).eval()
+    rows = []
+    for s in sizes:
+        shape = (int(s),) * 3
+        flops = count_flops(model, (1, 1, *shape))
+        r = time_forward(model, shape, ForwardSetting(precision=precision), dev, repeats, warmup)
+        rows.append({"size": int(s), "voxels": int(s) ** 3, "flops": flops, "gflop": _r(flops / 1e9, 4),
+                     "ms": r["ms_per_volume"],
+                     "gflops_per_s": _r(flops / 1e9 / (r["ms_per_volume"] * 1e-3), 1), "memory": r["memory"]})
+        gc.collect()
+    return {"width": width, "stride": stride, "precision": precision, "rows": rows}
+
+
+def lever_settings(device: torch.device, threads: Sequence[int] = (), compile: bool = False) -> list[ForwardSetting]:
+    """The lever combinations compared by :func:`bench_levers`; the first is the baseline
+    (fp32, ``inference_mode``, batch 1, current threads)."""
+    amp = ["bf16", "fp16"] if device.type == "cuda" else ["bf16"]
+    s = [ForwardSetting(), ForwardSetting(grad_mode="no_grad"), ForwardSetting(channels_last=True)]
+    for a in amp:
+        s += [ForwardSetting(precision=a), ForwardSetting(precision=a, channels_last=True)]
+    s += [ForwardSetting(batch=2)] + [ForwardSetting(precision=a, batch=2) for a in amp]
+    s += [ForwardSetting(threads=int(n)) for n in threads]
+    s += [ForwardSetting(precision=amp[0], channels_last=True, threads=int(n)) for n in threads]
+    if device.type == "cuda":
+        s += [ForwardSetting(cudnn_benchmark=True),
+              ForwardSetting(precision=amp[-1], channels_last=True, cudnn_benchmark=True)]
+    if compile:
+        s += [ForwardSetting(compile=True), ForwardSetting(precision=amp[0], channels_last=True, compile=True)]
+    return s
+
+
+def bench_levers(model: nn.Module, shape_vox: Sequence[int], device: str | torch.device = "auto",
+                 repeats: int = 5, warmup: int = 1, threads: Sequence[int] = (), compile: bool = False,
+                 settings: Sequence[ForwardSetting] | None = None) -> list[dict[str, Any]]:
+    """Forward time per volume under each lever setting, side by side in one run.
+
+    Each row: ``label``, ``setting``, ``ms_per_volume``, ``x_baseline`` (time over the first
+    setting's: below 1 is faster), ``memory``; a setting that fails (e.g. ``torch.compile``
+    without a compiler) gives a row with ``error`` and no time.
+    """
+    dev = resolve_device(device)
+    settings = list(settings) if settings is not None else lever_settings(dev, threads, compile)
+    rows: list[dict[str, Any]] = []
+    base = None
+    for st in settings:
+        try:
+            r = time_forward(model, shape_vox, st, dev, repeats, warmup)
+        except Exception as e:  # noqa: BLE001 - a lever that cannot run here is a result, not a crash
+            if st == settings[0]:
+                raise
+            rows.append({"label": st.label(), "setting": asdict(st), "ms_per_volume": None, "x_baseline": None,
+                         "memory": None, "error": _error(e)})
+            continue
+        base = r["ms_per_volume"] if base is None else base
+        rows.append({"label": r["label"], "setting": r["setting"], "ms_per_volume": r["ms_per_volume"],
+                     "x_baseline": _r(r["ms_per_volume"] / base, 3), "memory": r["memory"], "error": None})
+        gc.collect()
+    return rows
+
+
+PEERS = {
+    "heatmap": "rpn_lib.baselines.heatmap (method 'heatmap')",
+    "ssd": "rpn_lib.baselines.ssd (method 'ssd')",
+    "faster-rcnn": "rpn_lib.baselines.faster_rcnn (method 'faster-rcnn')",
+    "retinanet": "rpn_lib.baselines.retinanet_peer (MONAI's RetinaNet)",
+}
+"""Comparison models: name -> where they come from. All but ``retinanet`` are methods of
+:mod:`rpn_lib.methods`; all run through a :class:`~rpn_lib.detect.Detector`."""
+
+
+def retinanet_peer(preset: Preset, device: str | torch.device = "auto", seed: int = 0) -> tuple[nn.Module, Detector | None]:
+    """MONAI's RetinaNet for ``preset`` with random weights, from
+    :func:`rpn_lib.baselines.retinanet_peer.build_retinanet`: its network, and a
+    :class:`~rpn_lib.detect.Detector` around it (``RetinaNetPeerDetector``, with a graph prior
+    fitted on synthetic landmarks) when that module provides one, else None. Raises
+    ``ImportError`` (or the module's error naming the ``[peers]`` extra) when MONAI or the
+    module is not there."""
+    from rpn_lib.baselines import retinanet_peer as rp
+
+    torch.manual_seed(seed)
+    obj = rp.build_retinanet(preset)
+    net = getattr(obj, "network", obj)
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"build_retinanet returned {type(obj).__name__}, not a torch module")
+    det = None
+    if hasattr(rp, "RetinaNetPeerDetector"):
+        det = rp.RetinaNetPeerDetector(obj, preset, GraphPrior.fit(synthetic_landmarks(preset, seed=seed)), device=device)
+    return net, det
+
+
+def bench_peers(preset: str | Preset, igrpn: dict[str, Any], device: str | torch.device = "auto", repeats: int = 5,
+                warmup: int = 1, names: Sequence[str] = tuple(PEERS), volume: np.ndarray | None = None,
+                affine: np.ndarray | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Each peer on the same input as the IG-RPN (fp32, batch 1, random weights), as ratios.
+
+    ``igrpn`` is the IG-RPN's :func:`bench_detect` result of the same run. A method peer runs
+    through :func:`bench_detect` on ``volume`` (both its network time and its end-to-end
+    time), and so does RetinaNet through its ``RetinaNetPeerDetector``; without one, only
+    its network runs, through :func:`time_forward` on a random input of the IG-RPN's grid.
+    Each row: ``name``, ``source``, ``available`` (False with ``reason`` when its module
+    cannot be imported), ``error`` (it failed to run), ``network_ms``,
+    ``end_to_end_ms``, ``x_igrpn_network`` and ``x_igrpn_end_to_end`` (time over the
+    IG-RPN's: above 1 is slower), ``gflop``, ``memory``.
+    """
+    p = get_preset(preset)
+    dev = resolve_device(device)
+    grid = tuple(igrpn["grid_shape"])
+    if volume is None or affine is None:
+        case = generate_case(seed, p.spacing_mm, p.shape_vox)
+        volume, affine = case.volume, case.affine
+    rows = []
+    for name in names:
+        if name not in PEERS:
+            raise ValueError(f"unknown peer {name!r}; choose from {sorted(PEERS)}")
+        row: dict[str, Any] = {"name": name, "source": PEERS[name], "available": False, "reason": None, "error": None,
+                               "network_ms": None, "end_to_end_ms": None, "x_igrpn_network": None,
+                               "x_igrpn_end_to_end": None, "gflop": None, "memory": None}
+        try:
+            if name == "retinanet":
+                net, det = retinanet_peer(p, dev, seed)
+            else:
+                det = untrained_detector(p, dev, seed=seed, method=name)
+                net = det.model
+        except ImportError as e:
+            row["reason"] = f"not available ({_error(e)})"
+            rows.append(row)
+            continue
+        except RpnLibError as e:  # a peer's missing optional dependency (e.g. MONAI)
+            row["reason"] = f"not available ({e})"
+            rows.append(row)
+            continue
+        except Exception as e:  # noqa: BLE001 - a peer that cannot be built here is reported, not fatal
+            row.update(available=True, error=_error(e))
+            rows.append(row)
+            continue
+        row["available"] = True
+        with contextlib.suppress(Exception):  # some layers have no meta kernel: leave the count out
+            row["gflop"] = _r(count_flops(net, (1, 1, *grid)) / 1e9, 4)
+        try:
+            if det is not None:
+                d = bench_detect(det, volume, affine, repeats, warmup)
+                row.update(network_ms=d["network_ms"], end_to_end_ms=d["end_to_end"]["median_ms"], memory=d["memory"])
+            else:
+                r = time_forward(net, grid, ForwardSetting(), dev, repeats, warmup)
+                row.update(network_ms=r["ms_per_volume"], memory=r["memory"])
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
+            row["error"] = _error(e)
+        if row["network_ms"] is not None:
+            row["x_igrpn_network"] = _r(row["network_ms"] / igrpn["network_ms"], 3)
+        if row["end_to_end_ms"] is not None:
+            row["x_igrpn_end_to_end"] = _r(row["end_to_end_ms"] / igrpn["end_to_end"]["median_ms"], 3)
+        rows.append(row)
+        del net, det
+        gc.collect()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy of autocast
+# --------------------------------------------------------------------------------------------
+
+
+def amp_accuracy(model_path: str | Path, data: str | Path, split: str = "test", device: str | torch.device = "auto",
+                 max_cases: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Evaluate a trained model on a split in fp32 and with autocast (the detector's ``amp``:
+    bf16 on CPU, fp16 on CUDA) and compare.
+
+    Returns the two d-means (mm) and their difference (autocast minus fp32), the largest
+    shift of a predicted landmark between the two (mm), the share of landmarks whose chosen
+    candidate is the same, DR50 of both, median detection time of both and ``within_0_1_mm``
+    (``|difference| <= 0.1`` mm, the issue's criterion).
+    """
+    from rpn_lib.evaluate import evaluate
+
+    res = {}
+    for amp in (False, True):
+        det = Detector.from_file(model_path, device=device, amp=amp)
+        res[amp] = evaluate(det, data, split=split, progress=progress, max_cases=max_cases)
+    e32, eamp = res[False], res[True]
+    shift = np.linalg.norm(e32.pred_world - eamp.pred_world, axis=-1)
+    same = np.mean([np.array_equal(a.choice, b.choice) and np.allclose(a.landmarks_world, b.landmarks_world)
+                    for a, b in zip(e32.detections, eamp.detections)])
+    diff = eamp.metrics["d_mean_mm"] - e32.metrics["d_mean_mm"]
+    return {
+        "model": str(model_path), "data": str(data), "split": split, "n_cases": e32.metrics["n_cases"],
+        "amp_precision": amp_precision(resolve_device(device)),
+        "d_mean_fp32_mm": _r(e32.metrics["d_mean_mm"], 4), "d_mean_amp_mm": _r(eamp.metrics["d_mean_mm"], 4),
+        "d_mean_diff_mm": _r(diff, 4), "max_landmark_shift_mm": _r(float(shift.max()), 4),
+        "same_result_fraction": _r(float(same), 4),
+        "dr50_fp32": _r(e32.metrics["dr50"], 4), "dr50_amp": _r(eamp.metrics["dr50"], 4),
+        "time_ms_fp32": _r(e32.metrics["time_ms"]), "time_ms_amp": _r(eamp.metrics["time_ms"]),
+        "within_0_1_mm": bool(abs(diff) <= 0.1),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the whole benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def _efficiency(gflop: float, forward_ms: float, e2e_ms: float, peak: dict[str, Any]) -> dict[str, Any]:
+    achieved = gflop / (forward_ms * 1e-3)
+    floor_ms = gflop / peak["gflops_per_s"] * 1e3
+    return {"gflop": _r(gflop, 4), "forward_ms": _r(forward_ms), "gflops_per_s": _r(achieved, 1),
+            "peak_gflops_per_s": peak["gflops_per_s"], "fraction_of_peak": _r(achieved / peak["gflops_per_s"], 4),
+            "floor_ms": _r(floor_ms), "end_to_end_ms": _r(e2e_ms), "end_to_end_over_floor": _r(e2e_ms / floor_ms, 3)}
+
+
+def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str, Any]], repeats: int = 5,
+                 warmup: int = 1, train_repeats: int = 3, model_path: Path | None = None,
+                 threads: Sequence[int] = (), compile: bool = False, seed: int = 0,
+                 peers: Sequence[str] = tuple(PEERS), log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Every per-preset measurement: detection (fp32 and autocast), FLOP efficiency, training
+    step (fp32 and bf16), levers and peers. ``peaks``: :func:`matmul_peak` per precision."""
+    loaded = load_model(model_path) if model_path is not None else None
+    p = loaded.preset if loaded is not None else preset
+    case = generate_case(seed, preset.spacing_mm, preset.shape_vox)
+    res: dict[str, Any] = {
+        "preset": {"name": p.name, "shape_vox": list(p.shape_vox), "spacing_mm": p.spacing_mm, "width": p.width,
+                   "stride": p.stride, "batch_size": p.batch_size},
+        "model": (str(model_path) if model_path is not None
+                  else "untrained (random weights, prior fitted on synthetic landmarks)"),
+    }
+    precisions = ["fp32", amp_precision(device)]
+    res["detect"] = {}
+    for prec in precisions:
+        log(f"{preset.name}: detect {prec}")
+        det = (Detector(loaded, device=device, amp=prec != "fp32") if loaded is not None
+               else untrained_detector(p, device=device, amp=prec != "fp32", seed=seed))
+        res["detect"][prec] = bench_detect(det, case.volume, case.affine, repeats, warmup)
+        del det
+        gc.collect()
+    grid = tuple(res["detect"]["fp32"]["grid_shape"])
+    model = build_model(p, device, seed)
+    flops = count_flops(model, (1, 1, *grid))
+    gflop = flops / 1e9
+    res["flops_forward"] = flops
+    res["gflop_forward"] = _r(gflop, 4)
+    res["efficiency"] = {}
+    for prec in precisions:
+        if prec in peaks:
+            d = res["detect"][prec]
+            res["efficiency"][prec] = _efficiency(gflop, d["network_ms"], d["end_to_end"]["median_ms"], peaks[prec])
+    res["train"] = {}
+    for prec in ("fp32", "bf16"):
+        log(f"{preset.name}: training step {prec}")
+        res["train"][prec] = bench_train_step(p.replace(shape_vox=grid), device, prec, train_repeats,
+                                              min(warmup, 1), seed)
+        gc.collect()
+    log(f"{preset.name}: levers")
+    res["levers"] = bench_levers(model, grid, device, repeats, warmup, threads, compile)
+    log(f"{preset.name}: peers")
+    res["peers"] = bench_peers(p, res["detect"]["fp32"], device, repeats, warmup, names=peers, volume=case.volume,
+                               affine=case.affine, seed=seed)
+    del model
+    gc.collect()
+    return res
+
+
+def run_benchmark(presets: Sequence[str] = ("cpu-small", "paper"), model_path: str | Path | None = None,
+                  sizes: Sequence[int] | None = None, size_width: int | None = None,
+                  repeats: int = 5, warmup: int = 1, train_repeats: int = 3, out: str | Path | None = None,
+                  markdown: str | Path | None = None, quick: bool = False, compile: bool = False,
+                  accuracy_data: str | Path | None = None, device: str | torch.device = "auto",
+                  threads: Sequence[int] | None = None, matmul_n: int = 4096, seed: int = 0,
+                  peers: Sequence[str] = tuple(PEERS), log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark, write ``out`` (JSON) and ``markdown`` (the table) atomically, return
+    the result.
+
+    Args:
+        presets: preset names.
+        model_path: a trained ``model.pt``, used for the preset it was trained at (its name
+            must be among ``presets``); other presets use random weights.
+        sizes: cube sides for the size-scaling table (None: :data:`DEFAULT_SIZES`, or
+            :data:`QUICK_SIZES` with ``quick``; empty: skipped).
+        size_width: first-block width of the size-scaling model (None:
+            :data:`DEFAULT_SIZE_WIDTH`, or :data:`QUICK_SIZE_WIDTH` with ``quick``).
+        repeats, warmup: timed and untimed runs of each measurement.
+        train_repeats: timed training steps (one is a warm-up).
+        quick: smoke-test scale: presets shrunk to :data:`QUICK_SHAPE` and width
+            :data:`QUICK_WIDTH`, one repeat, no warm-up, a 256 matmul, no thread lever, small
+            default sizes.
+        compile: add ``torch.compile`` levers (slow to compile).
+        accuracy_data: dataset folder: with ``model_path``, compare d-mean in fp32 and autocast
+            on its test split (:func:`amp_accuracy`).
+        threads: thread counts tried as levers (default: 1 and the usable cores, where they
+            differ from the current setting).
+        matmul_n: side of the dense matmul that measures the peak.
+        peers: comparison models (:data:`PEERS` keys) measured beside the IG-RPN.
+        log: progress messages (default: none).
+    """
+    t_start = time.perf_counter()
+    log = log or (lambda s: None)
+    dev = resolve_device(device)
+    names = [get_preset(n).name for n in presets]
+    if not names:
+        raise ValueError("no preset to benchmark")
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        raise ValueError(f"unknown peer(s) {unknown}; choose from {list(PEERS)}")
+    if repeats < 1 or train_repeats < 1 or warmup < 0:
+        raise ValueError("repeats and train_repeats must be at least 1 and warmup at least 0")
+    for path in (out, markdown):
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"{path}: is a folder; give a file path")
+    loaded_name = None
+    if model_path is not None:
+        model_path = Path(model_path)
+        loaded = load_model(model_path)
+        if getattr(loaded.method, "name", "rpn") != "rpn":
+            raise ValueError(f"{model_path}: a {loaded.method.name!r} model; the benchmark measures an IG-RPN "
+                             "(method 'rpn')")
+        loaded_name = loaded.preset.name
+        del loaded
+        if loaded_name not in names:
+            raise ValueError(f"{model_path}: the model was trained at preset {loaded_name!r}, which is not benchmarked "
+                             f"here ({', '.join(names)}); add --preset {loaded_name} or all")
+    if accuracy_data is not None:
+        if model_path is None:
+            raise ValueError("the accuracy check needs a trained model (--model)")
+        from rpn_lib.data.dataset import LandmarkDataset
+
+        LandmarkDataset(accuracy_data, split="test")  # fail now, not after the timings
+    if quick:
+        repeats, warmup, train_repeats, matmul_n = 1, 0, 1, min(matmul_n, 256)
+        threads = []
+    if sizes is None:
+        sizes = QUICK_SIZES if quick else DEFAULT_SIZES
+    if size_width is None:
+        size_width = QUICK_SIZE_WIDTH if quick else DEFAULT_SIZE_WIDTH
+    bad = [s for s in sizes if s < 8 or s % 8]
+    if bad:  # checked now, not after the timings
+        raise ValueError(f"volume sizes must be positive multiples of 8 (three down-samplings), got {bad}")
+    if threads is None:
+        cur = torch.get_num_threads()
+        threads = sorted({1, usable_cores()} - {cur})
+    settings = {"presets": names, "model": str(model_path) if model_path else None, "sizes": list(sizes or []),
+                "size_width": size_width, "repeats": repeats, "warmup": warmup, "train_repeats": train_repeats,
+                "quick": quick, "compile": compile, "thread_levers": list(threads), "matmul_n": matmul_n,
+                "peers": list(peers), "seed": seed}
+    created = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    result: dict[str, Any] = {"format": BENCH_FORMAT, "created": created,
+                              "settings": settings, "machine": machine_info(dev)}
+    log("matmul peak")
+    result["matmul_peak"] = {prec: matmul_peak(matmul_n, prec, dev, max(repeats, 3), max(warmup, 1))
+                             for prec in ["fp32", *(["bf16", "fp16"] if dev.type == "cuda" else ["bf16"])]}
+    result["presets"] = {}
+    for name in names:
+        preset = quick_preset(name) if quick else get_preset(name)
+        result["presets"][name] = bench_preset(preset, dev, result["matmul_peak"], repeats, warmup, train_repeats,
+                                               model_path if name == loaded_name else None, threads, compile, seed,
+                                               peers, log)
+    if sizes:
+        log("size scaling")
+        result["sizes"] = bench_sizes(sizes, size_width, 4, dev, repeats, warmup)
+    else:
+        result["sizes"] = None
+    result["accuracy"] = None
+    if accuracy_data is not None:
+        log("autocast accuracy")
+        result["accuracy"] = amp_accuracy(model_path, accuracy_data, "test", dev)  # type: ignore[arg-type]
+    result["seconds"] = _r(time.perf_counter() - t_start, 1)
+    if out is not None:
+        atomic_write_json(out, result)
+    if markdown is not None:
+        atomic_write(markdown, format_report(result))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+
+
+def _f(x: Any, nd: int = 1, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    if pct:
+        return f"{100 * x:.{nd}f} %"
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def _g(x: float | None) -> str:
+    """Three significant digits without exponent (GFLOP counts)."""
+    if x is None:
+        return "-"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])]
+
+
+def _mem(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "-"
+    s = _f(m.get("cpu_peak_rss_mb"), 0)
+    if m.get("cuda_max_allocated_mb") is not None:
+        s += f" / {_f(m['cuda_max_allocated_mb'], 0)}"
+    return s
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The benchmark result as Markdown tables (also readable as plain fixed-width text)."""
+    m, st = result["machine"], result["settings"]
+    gpu = f"{m['gpu']} (CUDA {m['cuda']})" if m.get("gpu") else "none"
+    out = ["# rpn-lib benchmark", "",
+           f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, {m['memory_gb']} GB; GPU: {gpu}; "
+           f"torch {m['torch']}, {m['torch_threads']} threads. Measured {result['created']} in {result['seconds']} s"
+           f"{' (quick smoke-test scale: not a measurement)' if st['quick'] else ''}.",
+           f"Times: median of {st['repeats']} runs after {st['warmup']} warm-up; memory: peak resident set of the "
+           "process in MB (/ CUDA max allocated).", ""]
+    out += [f"## Dense matmul ({st['matmul_n']} x {st['matmul_n']}): the practical peak", ""]
+    out += _table(["precision", "ms", "GFLOP/s", "best GFLOP/s"],
+                  [[k, _f(v["ms"], 2), _f(v["gflops_per_s"]), _f(v["best_gflops_per_s"])]
+                   for k, v in result["matmul_peak"].items()])
+    pres = result["presets"]
+    rows = []
+    for name, r in pres.items():
+        for prec, d in r["detect"].items():
+            rows.append([name, prec, "x".join(map(str, d["grid_shape"])), _f(d["end_to_end"]["median_ms"]),
+                         _f(d["network_ms"]), _f(d["candidates_ms"], 2), _f(d["prior_ms"], 2), _f(d["other_ms"], 2),
+                         _f(d["candidates_prior_share"], 1, pct=True), _mem(d["memory"])])
+    out += ["", "## Detection latency per volume (Detector.detect, ms)", ""]
+    out += _table(["preset", "precision", "grid", "end to end", "network", "candidates", "prior", "other",
+                   "cand.+prior", "peak MB"], rows)
+    rows = [[name, prec, _g(e["gflop"]), _f(e["forward_ms"]), _f(e["gflops_per_s"]), _f(e["peak_gflops_per_s"]),
+             _f(e["fraction_of_peak"], 1, pct=True), _f(e["floor_ms"]), _f(e["end_to_end_over_floor"], 2)]
+            for name, r in pres.items() for prec, e in r["efficiency"].items()]
+    out += ["", "## How close to the hardware limit (network forward pass against the matmul peak)", ""]
+    out += _table(["preset", "precision", "GFLOP", "network ms", "GFLOP/s", "peak GFLOP/s", "of peak",
+                   "floor ms", "end to end / floor"], rows)
+    rows = [[name, prec, t["batch_size"], _f(t["step"]["median_ms"]), _f(t["samples_per_s"], 2), _f(t["data_ms"]),
+             _f(t["forward_ms"]), _f(t["loss_ms"]), _f(t["backward_ms"]), _f(t["optimizer_ms"]), _mem(t["memory"])]
+            for name, r in pres.items() for prec, t in r["train"].items()]
+    out += ["", "## Training step (ms)", ""]
+    out += _table(["preset", "precision", "batch", "step", "samples/s", "data", "forward", "loss", "backward",
+                   "optimizer", "peak MB"], rows)
+    rows = [[name, lv["label"], _f(lv["ms_per_volume"]), _f(lv["x_baseline"], 2), _mem(lv["memory"]), lv["error"] or ""]
+            for name, r in pres.items() for lv in r["levers"]]
+    out += ["", "## Levers (network forward pass, ms per volume; x baseline below 1 is faster)", ""]
+    out += _table(["preset", "setting", "ms/volume", "x baseline", "peak MB", "error"], rows)
+    rows = []
+    for name, r in pres.items():
+        d = r["detect"]["fp32"]
+        rows.append([name, "IG-RPN", _f(d["network_ms"]), "1.00", _f(d["end_to_end"]["median_ms"]), "1.00",
+                     _g(r["gflop_forward"]), _mem(d["memory"]), ""])
+        for pe in r["peers"]:
+            note = pe["reason"] or pe["error"] or ("network only" if pe["end_to_end_ms"] is None else "")
+            rows.append([name, pe["name"], _f(pe["network_ms"]), _f(pe["x_igrpn_network"], 2), _f(pe["end_to_end_ms"]),
+                         _f(pe["x_igrpn_end_to_end"], 2), _g(pe["gflop"]), _mem(pe["memory"]), note])
+    out += ["", "## Peers on the same input (fp32, batch 1, ms per volume; x IG-RPN above 1 is slower)", ""]
+    out += _table(["preset", "model", "network", "x IG-RPN", "end to end", "x IG-RPN", "GFLOP", "peak MB", "note"], rows)
+    if result.get("sizes"):
+        sz = result["sizes"]
+        out += ["", f"## Cost against volume size (IG-RPN width {sz['width']}, stride {sz['stride']}, "
+                    f"{sz['precision']}, batch 1)", ""]
+        out += _table(["size", "voxels", "GFLOP", "ms", "GFLOP/s", "peak MB"],
+                      [[f"{r['size']}^3", r["voxels"], _g(r["gflop"]), _f(r["ms"]), _f(r["gflops_per_s"]), _mem(r["memory"])]
+                       for r in sz["rows"]])
+    acc = result.get("accuracy")
+    if acc:
+        out += ["", f"## Accuracy of {acc['amp_precision']} autocast ({acc['split']} split, {acc['n_cases']} cases)", ""]
+        out += _table(["", "fp32", acc["amp_precision"], "difference"],
+                      [["d-mean mm", _f(acc["d_mean_fp32_mm"], 3), _f(acc["d_mean_amp_mm"], 3),
+                        _f(acc["d_mean_diff_mm"], 3)],
+                       ["DR50", _f(acc["dr50_fp32"], 1, pct=True), _f(acc["dr50_amp"], 1, pct=True), ""],
+                       ["ms/volume", _f(acc["time_ms_fp32"]), _f(acc["time_ms_amp"]), ""]])
+        out += ["", f"Largest landmark shift {_f(acc['max_landmark_shift_mm'], 3)} mm; identical result on "
+                    f"{_f(acc['same_result_fraction'], 1, pct=True)} of the cases; within 0.1 mm: "
+                    f"{'yes' if acc['within_0_1_mm'] else 'no'}."]
+    return "\n".join(out) + "\n"

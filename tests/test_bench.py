@@ -1,0 +1,327 @@
+"""Tests of the benchmark (:mod:`rpn_lib.bench`, ``rpn-lib bench``) at toy sizes.
+
+They check what is measured and reported (keys, types, the split of the detection time, FLOP
+counts against the hand formula, memory seen, the command's files and errors), never how fast
+anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rpn_lib import bench
+from rpn_lib.checkpoint import save_model
+from rpn_lib.cli import main
+from rpn_lib.data.dataset import write_synthetic_dataset
+from rpn_lib.data.synth import generate_case
+from rpn_lib.model import IGRPN
+from rpn_lib.presets import get_preset
+from rpn_lib.prior import GraphPrior
+
+CPU = torch.device("cpu")
+
+
+def _strict_json(path: Path) -> dict:
+    """Parse JSON, refusing NaN and Infinity (not JSON, though Python writes them)."""
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-JSON constant {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,batch,side", [(2, 3, 3, 1, 1, 8), (4, 6, 3, 2, 2, 8), (3, 5, 1, 1, 1, 6)])
+def test_conv_flops_equal_the_hand_formula(cin: int, cout: int, k: int, stride: int, batch: int, side: int) -> None:
+    conv = nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+    out_side = (side + 2 * (k // 2) - k) // stride + 1
+    # two operations (multiply, add) per weight per output voxel per output channel
+    expected = 2 * batch * cout * out_side ** 3 * cin * k ** 3
+    assert bench.count_flops(conv, (batch, cin, side, side, side)) == expected
+
+
+def test_model_flops_are_the_sum_over_its_convolutions() -> None:
+    torch.manual_seed(0)
+    model = IGRPN(width=2, stride=4).eval()
+    shapes: list[tuple[nn.Conv3d, torch.Size]] = []
+    hooks = [m.register_forward_hook(lambda m, a, o: shapes.append((m, o.shape)))
+             for m in model.modules() if isinstance(m, nn.Conv3d)]
+    with torch.no_grad():
+        model(torch.rand(1, 1, 16, 16, 16))
+    for h in hooks:
+        h.remove()
+    by_hand = sum(2 * int(np.prod(o)) * c.in_channels * int(np.prod(c.kernel_size)) for c, o in shapes)
+    assert len(shapes) == 12  # 4 blocks x 2, fusion, head 3x3x3, class and box 1x1x1
+    assert bench.count_flops(model, (1, 1, 16, 16, 16)) == by_hand
+
+
+def test_flop_count_falls_back_to_a_real_run_when_meta_cannot() -> None:
+    class NeedsValues(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv3d(1, 2, 3, padding=1, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y * float(y.abs().max().item() > -1)  # .item() has no meta kernel
+
+    assert bench.count_flops(NeedsValues(), (1, 1, 4, 4, 4)) == 2 * 2 * 64 * 27
+
+
+# --------------------------------------------------------------------------------------------
+# clocks and memory
+# --------------------------------------------------------------------------------------------
+
+
+def test_time_call_runs_warmup_then_timed_calls() -> None:
+    calls = []
+    t = bench.time_call(lambda: calls.append(1), CPU, repeats=3, warmup=2)
+    assert len(calls) == 5 and len(t["runs_ms"]) == 3 and t["repeats"] == 3 and t["warmup"] == 2
+    assert t["min_ms"] <= t["median_ms"] <= t["max_ms"]
+    assert set(t["memory"]) >= {"cpu_peak_rss_mb", "cpu_peak_extra_mb", "cpu_peak_method", "cuda_max_allocated_mb"}
+    with pytest.raises(ValueError, match="repeats"):
+        bench.time_call(lambda: None, CPU, repeats=0)
+
+
+def test_peak_memory_sees_a_temporary_allocation() -> None:
+    with bench.PeakMemory(CPU) as pm:
+        a = np.ones(25_000_000)  # 200 MB, written so that it is resident
+        del a
+    r = pm.result
+    assert r["cpu_peak_rss_mb"] >= r["cpu_rss_before_mb"]
+    if not r["cpu_peak_method"].startswith("VmHWM"):
+        pytest.skip("the peak RSS cannot be reset here")
+    assert r["cpu_peak_extra_mb"] > 150
+
+
+def test_num_threads_is_restored() -> None:
+    before = torch.get_num_threads()
+    with bench.num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+# --------------------------------------------------------------------------------------------
+# measurements
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A toy preset (32^3 voxels, width 2) and one synthetic volume for it."""
+    p = bench.quick_preset("cpu-small").replace(width=2)
+    case = generate_case(0, p.spacing_mm, p.shape_vox)
+    return p, case
+
+
+def test_quick_preset_keeps_the_field_of_view() -> None:
+    for name in ("cpu-small", "paper"):
+        q, p = bench.quick_preset(name), get_preset(name)
+        assert q.shape_vox == bench.QUICK_SHAPE and q.width == bench.QUICK_WIDTH
+        assert np.allclose(q.field_of_view_mm, p.field_of_view_mm)
+
+
+def test_detect_split_adds_up_to_the_end_to_end_time(tiny) -> None:
+    p, case = tiny
+    det = bench.untrained_detector(p, CPU)
+    d = bench.bench_detect(det, case.volume, case.affine, repeats=1, warmup=1)
+    parts = [d["network_ms"], d["candidates_ms"], d["prior_ms"], d["other_ms"]]
+    assert all(isinstance(v, float) and v >= 0 for v in parts)
+    # one timed run: the parts and the rest are that run's, and add up to it
+    assert sum(parts) == pytest.approx(d["end_to_end"]["median_ms"], abs=0.01)
+    assert 0 <= d["candidates_prior_share"] <= 1
+    assert d["precision"] == "fp32" and d["grid_shape"] == [32, 32, 32]
+    assert d["n_anchors"] == (32 // p.stride) ** 3 * 64
+    d3 = bench.bench_detect(bench.untrained_detector(p, CPU, amp=True), case.volume, case.affine, repeats=3, warmup=0)
+    assert d3["precision"] == "bf16" and len(d3["end_to_end"]["runs_ms"]) == 3
+    assert d3["network_ms"] + d3["candidates_ms"] + d3["prior_ms"] <= d3["end_to_end"]["max_ms"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_step_parts(tiny, precision: str) -> None:
+    p, _ = tiny
+    t = bench.bench_train_step(p, CPU, precision, repeats=1, warmup=0, batch_size=1)
+    assert t["precision"] == precision and t["batch_size"] == 1 and t["method"] == "rpn"
+    for k in ("data_ms", "forward_ms", "loss_ms", "backward_ms", "optimizer_ms"):
+        assert isinstance(t[k], float) and t[k] >= 0, k
+    assert t["forward_ms"] + t["loss_ms"] == pytest.approx(t["forward_loss_ms"], abs=0.01)
+    parts = t["data_ms"] + t["forward_loss_ms"] + t["backward_ms"] + t["optimizer_ms"]
+    assert parts <= t["step"]["median_ms"] + 0.01
+    assert t["samples_per_s"] == pytest.approx(1000.0 / t["step"]["median_ms"], rel=1e-3)
+
+
+def test_training_step_rejects_fp16_on_cpu(tiny) -> None:
+    with pytest.raises(ValueError, match="training precision"):
+        bench.bench_train_step(tiny[0], CPU, "fp16", repeats=1, warmup=0)
+
+
+def test_lever_settings() -> None:
+    labels = [s.label() for s in bench.lever_settings(CPU, threads=[1, 2], compile=True)]
+    assert labels[0] == "fp32" and len(set(labels)) == len(labels)
+    for want in ("fp32, no_grad", "fp32, channels_last_3d", "bf16", "bf16, channels_last_3d", "fp32, batch 2",
+                 "bf16, batch 2", "fp32, 1 thread", "fp32, 2 threads", "fp32, torch.compile"):
+        assert want in labels
+    assert not any("fp16" in lb or "cudnn" in lb for lb in labels)  # GPU-only levers
+    assert not any("compile" in s.label() for s in bench.lever_settings(CPU))
+
+
+def test_levers_side_by_side() -> None:
+    torch.manual_seed(0)
+    model = IGRPN(width=2, stride=4).eval()
+    settings = [bench.ForwardSetting(), bench.ForwardSetting(precision="bf16", channels_last=True),
+                bench.ForwardSetting(batch=2, threads=1)]
+    rows = bench.bench_levers(model, (16, 16, 16), CPU, repeats=1, warmup=0, settings=settings)
+    assert [r["label"] for r in rows] == ["fp32", "bf16, channels_last_3d", "fp32, batch 2, 1 thread"]
+    assert rows[0]["x_baseline"] == 1.0
+    assert all(r["error"] is None and r["ms_per_volume"] > 0 for r in rows)
+    assert rows[2]["x_baseline"] == pytest.approx(rows[2]["ms_per_volume"] / rows[0]["ms_per_volume"], rel=1e-2)
+    # channels_last_3d was tried on a copy: the caller's weights keep their layout
+    assert all(w.is_contiguous() for w in model.parameters())
+
+
+def test_a_lever_that_fails_is_a_row_with_its_error() -> None:
+    model = IGRPN(width=2, stride=4).eval()
+    settings = [bench.ForwardSetting(), bench.ForwardSetting(grad_mode="bogus")]
+    rows = bench.bench_levers(model, (16, 16, 16), CPU, repeats=1, warmup=0, settings=settings)
+    assert rows[1]["ms_per_volume"] is None and "grad_mode" in rows[1]["error"]
+    with pytest.raises(ValueError, match="grad_mode"):
+        bench.bench_levers(model, (16, 16, 16), CPU, repeats=1, warmup=0, settings=settings[::-1])
+
+
+def test_sizes_table() -> None:
+    s = bench.bench_sizes([8, 16], width=2, device=CPU, repeats=1, warmup=0)
+    assert [r["size"] for r in s["rows"]] == [8, 16] and s["width"] == 2
+    f8, f16 = (r["flops"] for r in s["rows"])
+    assert f16 == 8 * f8  # every convolution is 8 times larger at twice the side
+    with pytest.raises(ValueError, match="multiples of 8"):
+        bench.bench_sizes([12], width=2, device=CPU)
+
+
+def test_missing_peers_are_reported_not_fatal(tiny, monkeypatch) -> None:
+    p, case = tiny
+    monkeypatch.setitem(sys.modules, "rpn_lib.baselines.heatmap", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "rpn_lib.baselines.retinanet_peer", None)
+    ref = {"grid_shape": [32, 32, 32], "network_ms": 1.0, "end_to_end": {"median_ms": 2.0}}
+    rows = bench.bench_peers(p, ref, CPU, repeats=1, warmup=0, names=("heatmap", "retinanet"),
+                             volume=case.volume, affine=case.affine)
+    assert [r["name"] for r in rows] == ["heatmap", "retinanet"]
+    for r in rows:
+        assert r["available"] is False and r["reason"].startswith("not available") and r["network_ms"] is None
+    with pytest.raises(ValueError, match="unknown peer"):
+        bench.bench_peers(p, ref, CPU, names=("nope",))
+
+
+def test_matmul_peak_keys() -> None:
+    m = bench.matmul_peak(64, "bf16", CPU, repeats=1, warmup=0)
+    assert m["n"] == 64 and m["precision"] == "bf16" and m["gflops_per_s"] > 0 and m["best_gflops_per_s"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``rpn-lib bench --quick --preset all`` with a (width-2, untrained) cpu-small model file, a
+    two-case dataset for the accuracy check, and one peer."""
+    root = tmp_path_factory.mktemp("bench")
+    p = bench.quick_preset("cpu-small").replace(name="cpu-small", width=2)  # a 32^3 "cpu-small" model
+    torch.manual_seed(0)
+    save_model(root / "model.pt", IGRPN(width=2, stride=p.stride), p,
+               GraphPrior.fit(bench.synthetic_landmarks(p, n=4)))
+    write_synthetic_dataset(root / "data", n=2, n_test=1, seed=0, preset="cpu-small", progress=False)
+    out, md = root / "res" / "bench.json", root / "res" / "bench.md"
+    argv = ["bench", "--quick", "--preset", "all", "--model", str(root / "model.pt"), "--sizes", "16,24", "--peers", "ssd",
+            "--accuracy-data", str(root / "data"), "--out", str(out), "--markdown", str(md), "--quiet"]
+    return root, argv, out, md
+
+
+def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
+    root, argv, out, md = quick_run
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    res = _strict_json(out)
+    assert res["format"] == bench.BENCH_FORMAT and res["settings"]["quick"] is True
+    assert set(res) >= {"machine", "matmul_peak", "presets", "sizes", "accuracy", "seconds", "created"}
+    m = res["machine"]
+    assert isinstance(m["cpu"], str) and m["usable_cores"] >= 1 and m["torch"] == torch.__version__
+    assert isinstance(m["torch_threads"], int)
+    assert set(res["matmul_peak"]) == {"fp32", "bf16"}
+    assert list(res["presets"]) == ["cpu-small", "paper"]
+    small, paper = res["presets"]["cpu-small"], res["presets"]["paper"]
+    assert small["model"] == str(root / "model.pt") and small["preset"]["width"] == 2
+    assert small["detect"]["fp32"]["grid_shape"] == list(bench.QUICK_SHAPE)
+    assert paper["model"].startswith("untrained") and paper["preset"]["shape_vox"] == list(bench.QUICK_SHAPE)
+    for r in (small, paper):
+        assert set(r["detect"]) == {"fp32", "bf16"} and set(r["train"]) == {"fp32", "bf16"}
+        assert r["flops_forward"] > 0 and isinstance(r["gflop_forward"], float)
+        for e in r["efficiency"].values():
+            assert e["gflops_per_s"] > 0 and e["fraction_of_peak"] > 0 and e["end_to_end_over_floor"] > 0
+        assert r["levers"][0]["x_baseline"] == 1.0
+        assert [pe["name"] for pe in r["peers"]] == ["ssd"]
+        pe = r["peers"][0]
+        assert pe["available"] in (True, False) and (pe["available"] or pe["reason"])
+        if pe["available"] and not pe["error"]:
+            assert pe["x_igrpn_network"] == pytest.approx(pe["network_ms"] / r["detect"]["fp32"]["network_ms"], rel=1e-2)
+    assert [row["size"] for row in res["sizes"]["rows"]] == [16, 24]
+    acc = res["accuracy"]
+    assert acc["n_cases"] == 1 and acc["amp_precision"] == "bf16"
+    assert acc["d_mean_diff_mm"] == pytest.approx(acc["d_mean_amp_mm"] - acc["d_mean_fp32_mm"], abs=1e-3)
+    assert acc["within_0_1_mm"] == (abs(acc["d_mean_diff_mm"]) <= 0.1)
+    table = md.read_text()
+    assert table in printed and f"wrote {out} and {md}" in printed
+    for heading in ("Detection latency", "hardware limit", "Training step", "Levers", "Peers", "volume size",
+                    "autocast"):
+        assert heading in table
+    assert not list(out.parent.glob(".*tmp*"))  # atomic writes leave no temporary file
+
+
+def test_list_arguments() -> None:
+    from rpn_lib.cli import _peer_list, _size_list
+
+    assert _size_list("64,96") == [64, 96] and _size_list("none") == []
+    assert _peer_list("ssd,retinanet") == ["ssd", "retinanet"] and _peer_list("none") == []
+
+
+@pytest.mark.parametrize("extra,what", [
+    (["--sizes", "20"], "multiples of 8"),
+    (["--sizes", "a,b"], "expected sizes"),
+    (["--repeats", "0"], "positive integer"),
+    (["--preset", "huge"], "invalid choice"),
+    (["--peers", "heatmap,yolo"], "unknown peer"),
+])
+def test_bad_arguments_exit_2(extra: list[str], what: str, tmp_path: Path, capsys) -> None:
+    assert main(["bench", "--quick", "--out", str(tmp_path / "b.json"), *extra]) == 2
+    assert what in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("extra,what", [
+    (["--model", "{tmp}/missing.pt"], "model file not found"),
+    (["--accuracy-data", "{tmp}"], "needs a trained model"),
+    (["--out", "{tmp}"], "is a folder"),
+    (["--preset", "paper", "--model", "{model}"], "trained at preset 'cpu-small'"),
+    (["--model", "{model}", "--accuracy-data", "{tmp}/nodata"], "dataset folder not found"),
+])
+def test_bad_inputs_exit_2_with_one_line_before_measuring(extra: list[str], what: str, tmp_path: Path, quick_run,
+                                                          capsys) -> None:
+    root = quick_run[0]
+    argv = [a.format(tmp=tmp_path, model=root / "model.pt") for a in extra]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "b.json")]
+    assert main(["bench", "--quick", "--quiet", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("rpn-lib: error: ") and captured.err.count("\n") == 1 and what in captured.err
+    assert captured.out == ""
+    assert not (tmp_path / "b.json").exists()
