@@ -138,17 +138,27 @@ class Matcher:
         high: positive threshold (paper: 0.5).
         low: negative threshold (paper: 0.25), ``low <= high``.
         allow_low_quality_matches: also match each ground truth's best anchor(s).
+        min_positives: with ``allow_low_quality_matches``, each ground truth's ``k`` best
+            anchors (ties included) are matched instead of only its best, provided their IoU is
+            at least ``low`` (the best one is matched whatever its IoU). ``1`` is the paper's
+            rule. Used by ``cpu-small`` (``Preset.min_positives``): on its grid, twice as coarse
+            as the paper's, an 18 mm eye box often has a single anchor above IoU 0.25 and that
+            one positive is lost among the others (a deviation, stated in the preset).
     """
 
     BELOW_LOW_THRESHOLD = -1
     BETWEEN_THRESHOLDS = -2
 
-    def __init__(self, high: float, low: float, allow_low_quality_matches: bool = True) -> None:
+    def __init__(self, high: float, low: float, allow_low_quality_matches: bool = True,
+                 min_positives: int = 1) -> None:
         if not 0 <= low <= high <= 1:
             raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
+        if min_positives < 1:
+            raise ValueError(f"min_positives must be >= 1, got {min_positives}")
         self.high = float(high)
         self.low = float(low)
         self.allow_low_quality_matches = allow_low_quality_matches
+        self.min_positives = int(min_positives)
 
     def __call__(self, iou: torch.Tensor) -> torch.Tensor:
         """``iou``: ``(M, N)`` IoU of M ground truths with N anchors -> ``(N,)`` int64, the
@@ -165,6 +175,9 @@ class Matcher:
         if self.allow_low_quality_matches and n > 0:
             best = iou.max(dim=1).values  # (M,)
             is_best = (iou == best[:, None]) & (best[:, None] > 0)  # (M, N)
+            if self.min_positives > 1:
+                kth = iou.topk(min(self.min_positives, n), dim=1).values[:, -1:]  # (M, 1)
+                is_best |= (iou >= kth) & (iou >= self.low) & (iou > 0)
             idx = is_best.any(dim=0).nonzero().squeeze(1)
             if idx.numel():
                 sub = torch.where(is_best[:, idx], iou[:, idx], torch.full_like(iou[:, idx], -1.0))
@@ -173,7 +186,7 @@ class Matcher:
 
 
 def label_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_classes: torch.Tensor,
-                  matcher: Matcher) -> tuple[torch.Tensor, torch.Tensor]:
+                  matcher: Matcher, iou: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Training labels of every anchor (Sec. 3).
 
     Args:
@@ -181,6 +194,7 @@ def label_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_classes: tor
         gt_boxes: ``(M, 6)`` ground-truth boxes (five landmark-centred boxes per volume).
         gt_classes: ``(M,)`` landmark index of each box in ``0..K-1``.
         matcher: thresholds and matching rule.
+        iou: optional precomputed ``box_iou(gt_boxes, anchors)``, ``(M, N)``.
 
     Returns:
         ``labels`` ``(N,)`` int64: ``-1`` ignored, ``0`` background, ``k + 1`` landmark ``k``;
@@ -193,13 +207,52 @@ def label_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_classes: tor
     if gt_boxes.shape[0] == 0:
         zeros = torch.zeros(n, dtype=torch.long, device=anchors.device)
         return zeros, zeros.clone()
-    iou = box_iou(gt_boxes.to(device=anchors.device, dtype=anchors.dtype), anchors)  # (M, N)
+    if iou is None:
+        iou = box_iou(gt_boxes.to(device=anchors.device, dtype=anchors.dtype), anchors)  # (M, N)
     matches = matcher(iou)
     matched = matches.clamp(min=0)
     cls = gt_classes.to(device=anchors.device, dtype=torch.long)
     labels = torch.where(matches >= 0, cls[matched] + 1,
                          torch.where(matches == Matcher.BELOW_LOW_THRESHOLD, 0, -1))
     return labels, matched
+
+
+def allowed_classes(iou: torch.Tensor, labels: torch.Tensor, gt_classes: torch.Tensor, low: float,
+                    num_classes: int) -> torch.Tensor:
+    """Which classes each anchor may take in the loss: the per-class ignore band.
+
+    The paper (Sec. 3) ignores an anchor whose best IoU lies between the two thresholds. The
+    five landmark boxes of a face overlap (the eyes, the eyebrow and the nose tip lie within
+    a few voxels of each other), so that band covers most of the face: an anchor in the band
+    of the nose box is then never told that it is *not* an eye, and the eye class learns to
+    fire there (measured: the top-scoring left-eye anchor of a training volume was such an
+    ignored anchor, with IoU 0 with the left eye). Choice (``Preset.ambiguous = "partial"``):
+    an anchor that is not positive may be background or any landmark whose box it overlaps
+    with IoU >= ``low``, and nothing else; the loss is then ``-log`` of the summed
+    probability of its allowed classes (:func:`rpn_lib.losses.classification_loss`). For a
+    plain negative this is the usual cross-entropy against background; for a positive, the
+    usual cross-entropy against its class.
+
+    Args:
+        iou: ``(M, N)`` IoU of the M ground-truth boxes with the N anchors.
+        labels: ``(N,)`` from :func:`label_anchors`.
+        gt_classes: ``(M,)`` landmark index of each box in ``0..K-1``.
+        low: the negative threshold (``Preset.neg_iou``).
+        num_classes: ``K + 1``.
+
+    Returns:
+        ``(N, K + 1)`` bool, column 0 background.
+    """
+    n = labels.shape[0]
+    allowed = torch.zeros(n, num_classes, dtype=torch.bool, device=labels.device)
+    pos = labels > 0
+    allowed[:, 0] = ~pos
+    if iou.shape[0]:
+        near = (iou >= low) & ~pos[None, :]  # (M, N)
+        for j, c in enumerate(gt_classes.tolist()):
+            allowed[:, c + 1] |= near[j]
+    allowed[pos, labels[pos]] = True
+    return allowed
 
 
 def _random_subset(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -436,7 +436,8 @@ def _register_replicate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED", help="seeds per method")
     p.add_argument("--steps", type=int, default=None, help="training steps of every detector (default: the preset's)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast precision of training")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
+                   help="autocast precision of training (bf16: the shipped model's, about 3x faster than fp32 on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dry-run", action="store_true", help="print what is done and what is missing, change nothing")
     p.add_argument("--tables-only", action="store_true", help="train and evaluate nothing; rewrite the tables")

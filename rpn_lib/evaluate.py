@@ -21,7 +21,7 @@ from rpn_lib.data.geometry import world_to_voxel
 from rpn_lib.detect import Detection, Detector
 from rpn_lib.errors import DataError
 from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS, box_size_vox
-from rpn_lib.metrics import coco_ap, paper_metrics
+from rpn_lib.metrics import coco_ap, final_box_ious, paper_metrics
 
 
 @dataclass
@@ -113,11 +113,13 @@ def evaluate(detector: Detector | str | Path, data: str | Path | LandmarkDataset
 
 
 def per_case_table(ev: Evaluation) -> list[dict[str, Any]]:
-    """One row per case and landmark: distance (mm) and score, for paired comparisons."""
+    """One row per case and landmark: distance (mm), score and the chosen box's IoU with the
+    ground-truth box, for paired comparisons and the score-IoU correlation."""
     rows = []
     dist = ev.distances_mm
+    ious = final_box_ious(ev.pred_boxes, ev.gt_boxes)
     for i, cid in enumerate(ev.case_ids):
         for k, name in enumerate(LANDMARK_NAMES):
             rows.append({"case": cid, "landmark": name, "distance_mm": float(dist[i, k]),
-                         "score": float(ev.detections[i].scores[k])})
+                         "score": float(ev.detections[i].scores[k]), "iou": float(ious[i, k])})
     return rows

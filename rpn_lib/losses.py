@@ -51,7 +51,7 @@ def iou_balanced_weights(ious: torch.Tensor, ce: torch.Tensor, eta: float) -> to
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, pos_ious: torch.Tensor | None,
                         eta: float = 1.75, iou_balance: bool = True, reduction: str = "mean",
-                        focal_gamma: float = 0.0) -> torch.Tensor:
+                        focal_gamma: float = 0.0, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 2: IoU-balanced cross-entropy over the sampled anchors.
 
     ``L_cls = sum_{i in Pos} w_i CE_i + sum_{i in Neg} CE_i`` with ``w_i`` from Eq. 3
@@ -79,6 +79,10 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, pos_ious: to
             cross-entropy by ``(1 - p_true)^gamma``, the softmax focal loss (Lin et al. 2017),
             which lets every anchor enter the loss without sampling: easy background anchors
             weigh almost nothing. Eq. 3 then balances the positives' focal terms.
+        allowed: optional ``(N, K + 1)`` bool, the classes each anchor may take
+            (:func:`rpn_lib.anchors.allowed_classes`); an anchor's term is then
+            ``-log sum_{c allowed} p_c`` and rows with label -1 count too. Equal to the
+            cross-entropy where exactly the labelled class is allowed.
 
     Returns:
         scalar loss (or ``(N,)`` for ``"none"``).
@@ -89,8 +93,15 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, pos_ious: to
         raise ValueError(f"reduction must be 'mean', 'positives', 'sum' or 'none', got {reduction!r}")
     if focal_gamma < 0:
         raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
-    valid = labels >= 0
-    ce = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    if allowed is None:
+        valid = labels >= 0
+        ce = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    else:
+        if allowed.shape != logits.shape:
+            raise ValueError(f"allowed {tuple(allowed.shape)} must have the shape of logits {tuple(logits.shape)}")
+        valid = allowed.any(dim=1)
+        masked = logits.masked_fill(~allowed, float("-inf"))
+        ce = torch.where(valid, torch.logsumexp(logits, dim=1) - torch.logsumexp(masked, dim=1), torch.zeros_like(logits[:, 0]))
     if focal_gamma > 0:
         p_true = torch.exp(-ce)
         ce = (1.0 - p_true).clamp(min=0.0) ** focal_gamma * ce
@@ -135,7 +146,8 @@ def box_regression_loss(pred_deltas: torch.Tensor, target_deltas: torch.Tensor, 
 
 def rpn_losses(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
                matched_gt_boxes: torch.Tensor, coder: BoxCoder, eta: float = 1.75, iou_balance: bool = True,
-               box_weight: float = 1.0, beta: float = 1.0 / 9, focal_gamma: float = 0.0) -> dict[str, torch.Tensor]:
+               box_weight: float = 1.0, beta: float = 1.0 / 9, focal_gamma: float = 0.0,
+               allowed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Both RPN losses for the sampled anchors of one volume.
 
     The IoU of each positive for Eq. 3 is computed between its decoded box
@@ -150,6 +162,8 @@ def rpn_losses(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Te
         coder: box coder (Eq. 1).
         eta, iou_balance: see :func:`classification_loss`.
         box_weight: factor of the box loss in ``total``.
+        allowed: optional ``(N, K + 1)`` allowed classes (the per-class ignore band, see
+            :func:`rpn_lib.anchors.allowed_classes`).
         focal_gamma: 0 for the paper's cross-entropy over sampled anchors (mean over them);
             ``> 0`` for the focal loss over all anchors, normalised by the number of positives.
 
@@ -163,7 +177,8 @@ def rpn_losses(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Te
             decoded = coder.decode(anchors[pos].float(), deltas[pos].detach().float())
             pos_ious[pos] = box_iou_pairwise(decoded, matched_gt_boxes[pos].float())
     cls = classification_loss(cls_logits, labels, pos_ious, eta=eta, iou_balance=iou_balance,
-                              reduction="positives" if focal_gamma > 0 else "mean", focal_gamma=focal_gamma)
+                              reduction="positives" if focal_gamma > 0 else "mean", focal_gamma=focal_gamma,
+                              allowed=allowed)
     target = coder.encode(anchors[pos], matched_gt_boxes[pos])
     box = box_regression_loss(deltas[pos], target, beta=beta)
     return {"cls": cls, "box": box, "total": cls + box_weight * box}

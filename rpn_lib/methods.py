@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rpn_lib.anchors import Matcher, anchor_grid, label_anchors, sample_anchors
-from rpn_lib.boxes import BoxCoder
+from rpn_lib.anchors import Matcher, allowed_classes, anchor_grid, label_anchors, sample_anchors
+from rpn_lib.boxes import BoxCoder, box_iou
 from rpn_lib.candidates import select_candidates
 from rpn_lib.landmarks import NUM_LANDMARKS, box_size_vox
 from rpn_lib.losses import rpn_losses
@@ -153,19 +153,29 @@ def compute_losses(
     cls_terms, box_terms, n_pos = [], [], 0.0
     for b in range(out_logits.shape[0]):
         gt = gt_boxes_from_landmarks(landmarks_vox[b].to(anchors), preset.spacing_mm)
-        labels, matched = label_anchors(anchors, gt, classes, matcher)
+        iou = box_iou(gt, anchors)
+        labels, matched = label_anchors(anchors, gt, classes, matcher, iou=iou)
+        allowed = None
+        pool = labels
+        if preset.ambiguous == "partial":
+            allowed = allowed_classes(iou, labels, classes, preset.neg_iou, out_logits.shape[-1])
+            pool = labels.clamp(min=0)  # band anchors are drawn with the negatives
         hard = None
         if preset.hard_negative_fraction > 0 and hard_mining:
-            # hardness of a negative: its highest landmark probability (it would win a class's top-k)
-            hard = out_logits[b].detach().float().softmax(-1)[:, 1:].amax(-1)
-        pos_idx, neg_idx = sample_anchors(labels.cpu(), preset.anchors_per_volume, preset.max_pos_fraction, generator,
+            # hardness of a negative: its highest probability of a class it may not take
+            # (it would win that class's top-k)
+            prob = out_logits[b].detach().float().softmax(-1)
+            if allowed is not None:
+                prob = prob.masked_fill(allowed, 0.0)
+            hard = prob[:, 1:].amax(-1)
+        pos_idx, neg_idx = sample_anchors(pool.cpu(), preset.anchors_per_volume, preset.max_pos_fraction, generator,
                                           hard_negative_scores=hard, hard_fraction=preset.hard_negative_fraction)
         pos_idx, neg_idx = pos_idx.to(anchors.device), neg_idx.to(anchors.device)
         idx = torch.cat([pos_idx, neg_idx])
         gt_of_anchor = gt[matched.clamp(min=0)[idx]]
         losses = rpn_losses(out_logits[b, idx].float(), out_deltas[b, idx].float(), anchors[idx], labels[idx],
                             gt_of_anchor, coder, eta=preset.eta, iou_balance=iou_balance,
-                            focal_gamma=preset.focal_gamma)
+                            focal_gamma=preset.focal_gamma, allowed=None if allowed is None else allowed[idx])
         cls_terms.append(losses["cls"])
         box_terms.append(losses["box"])
         n_pos += pos_idx.numel()
@@ -246,7 +256,8 @@ class RPNMethod(Method):
         with ctx.autocast():
             out: RPNOutput = model(x)
         anchors = self.anchors(out.feature_shape, model.stride, ctx.preset, x.device)
-        matcher = Matcher(ctx.preset.pos_iou, ctx.preset.neg_iou, allow_low_quality_matches=True)
+        matcher = Matcher(ctx.preset.pos_iou, ctx.preset.neg_iou, allow_low_quality_matches=True,
+                          min_positives=ctx.preset.min_positives)
         return compute_losses(out.cls_logits, out.box_deltas, anchors, landmarks_vox, ctx.preset, self._coder,
                               matcher, ctx.generator, ctx.iou_balance, hard_mining=ctx.hard_mining)
 

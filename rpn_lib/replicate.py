@@ -265,7 +265,7 @@ def run_replication(
     seeds: Sequence[int] = DEFAULT_SEEDS,
     steps: int | None = None,
     preset: str | Preset = "cpu-small",
-    precision: str = "fp32",
+    precision: str = "bf16",
     device: str = "auto",
     progress: bool = True,
     dry_run: bool = False,

@@ -193,3 +193,20 @@ def test_hard_negatives() -> None:
     assert len(pos) == 5 and len(neg) == 40
     assert set(range(500, 520)) <= set(neg.tolist())
     assert len(set(neg.tolist())) == 40 and torch.all(lab[neg] == 0)
+
+
+def test_matcher_min_positives_takes_the_k_best_above_low() -> None:
+    iou = torch.tensor([
+        [0.10, 0.30, 0.28, 0.00, 0.27, 0.20],  # best 0.30; the next two reach low = 0.25
+        [0.00, 0.00, 0.00, 0.45, 0.00, 0.60],  # already positive above 0.5; 0.45 is its 2nd best
+    ])
+    one = Matcher(0.5, 0.25)(iou)
+    assert one.tolist() == [-1, 0, -2, -2, -2, 1]
+    three = Matcher(0.5, 0.25, min_positives=3)(iou)
+    # gt 0: anchors 1, 2, 4 (0.30, 0.28, 0.27); gt 1: anchors 5, 3 (0.20 of anchor 5 for gt 0 is lower)
+    assert three.tolist() == [-1, 0, 0, 1, 0, 1]
+    # the k best must still reach `low`; the single best is matched whatever its IoU
+    low = torch.tensor([[0.10, 0.20, 0.05]])
+    assert Matcher(0.5, 0.25, min_positives=3)(low).tolist() == [-1, 0, -1]
+    with pytest.raises(ValueError):
+        Matcher(0.5, 0.25, min_positives=0)

@@ -146,3 +146,59 @@ def test_rpn_losses_combines_the_parts() -> None:
     np.testing.assert_allclose(float(out["cls"]), float(cls), rtol=1e-6)
     np.testing.assert_allclose(float(out["box"]), float(box), rtol=1e-10)
     np.testing.assert_allclose(float(out["total"]), float(cls + 2 * box), rtol=1e-6)
+
+
+def test_allowed_classes_band_is_per_class() -> None:
+    from rpn_lib.anchors import Matcher, allowed_classes, label_anchors
+
+    gt = torch.tensor([[10.0, 10, 10, 8, 8, 8], [10.0, 13, 10, 8, 8, 8]])  # two overlapping boxes
+    anchors = torch.tensor([
+        [10.0, 10, 10, 8, 8, 8],   # box 0 exactly: positive class 1
+        [10.0, 15, 10, 8, 8, 8],   # IoU 0.6 with box 1 (positive class 2), 1/7 with box 0
+        [10.0, 11.5, 10, 8, 8, 16],  # band for both boxes (IoU 0.39 and 0.39)
+        [10.0, 7, 10, 8, 8, 8],    # IoU 5/11 with box 0 (band), 0 with box 1
+        [40.0, 40, 40, 8, 8, 8],   # far: plain negative
+    ])
+    classes = torch.tensor([0, 1])
+    from rpn_lib.boxes import box_iou
+    iou = box_iou(gt, anchors)
+    labels, _ = label_anchors(anchors, gt, classes, Matcher(0.5, 0.25, allow_low_quality_matches=False), iou=iou)
+    assert labels.tolist() == [1, 2, -1, -1, 0]
+    allowed = allowed_classes(iou, labels, classes, 0.25, 3)
+    assert allowed.tolist() == [
+        [False, True, False],
+        [False, False, True],
+        [True, True, True],
+        [True, True, False],  # background or landmark 0, never landmark 1
+        [True, False, False],
+    ]
+
+
+def test_partial_loss_equals_ce_for_one_hot_and_logsumexp_otherwise() -> None:
+    logits = torch.tensor([[0.2, 1.0, -0.5], [1.5, 0.3, 0.7], [0.1, 0.2, 0.3]], requires_grad=True)
+    labels = torch.tensor([1, 0, -1])
+    allowed = torch.tensor([[False, True, False], [True, False, False], [True, False, True]])
+    loss = classification_loss(logits, labels, None, iou_balance=False, reduction="none", allowed=allowed)
+    ce = torch.nn.functional.cross_entropy(logits[:2], labels[:2], reduction="none")
+    np.testing.assert_allclose(loss[:2].detach().numpy(), ce.detach().numpy(), rtol=1e-6)
+    p = logits[2].softmax(0)
+    np.testing.assert_allclose(float(loss[2]), float(-torch.log(p[0] + p[2])), rtol=1e-6)
+    # the mean counts the band row too
+    mean = classification_loss(logits, labels, None, iou_balance=False, allowed=allowed)
+    np.testing.assert_allclose(float(mean), float(loss.sum() / 3), rtol=1e-6)
+    mean.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_focal_loss_reduces_to_ce_at_gamma_zero_and_shrinks_easy_terms() -> None:
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    labels = torch.tensor([0, 1])
+    ce = classification_loss(logits, labels, None, iou_balance=False, reduction="none")
+    f0 = classification_loss(logits, labels, None, iou_balance=False, reduction="none", focal_gamma=0.0)
+    f2 = classification_loss(logits, labels, None, iou_balance=False, reduction="none", focal_gamma=2.0)
+    np.testing.assert_allclose(f0.numpy(), ce.numpy())
+    p = torch.exp(-ce)
+    np.testing.assert_allclose(f2.numpy(), ((1 - p) ** 2 * ce).numpy(), rtol=1e-6)
+    assert float(f2[0] / ce[0]) < float(f2[1] / ce[1])  # the easy background anchor is down-weighted more
+    per_pos = classification_loss(logits, labels, None, iou_balance=False, reduction="positives", focal_gamma=2.0)
+    np.testing.assert_allclose(float(per_pos), float(f2.sum()), rtol=1e-6)  # one positive

@@ -216,7 +216,8 @@ class FasterRCNNMethod(Method):
         with ctx.autocast():
             out: FasterRCNNOutput = model(x)
         anchors = self.anchors(out, model.stride, preset)
-        rpn_matcher = Matcher(preset.pos_iou, preset.neg_iou, allow_low_quality_matches=True)
+        rpn_matcher = Matcher(preset.pos_iou, preset.neg_iou, allow_low_quality_matches=True,
+                              min_positives=preset.min_positives)
         roi_matcher = Matcher(self.roi_fg_iou, self.roi_fg_iou, allow_low_quality_matches=False)
         classes = torch.arange(NUM_LANDMARKS, device=anchors.device)
         shape = tuple(x.shape[-3:])

@@ -165,7 +165,8 @@ class SSDMethod(Method):
         with ctx.autocast():
             out: SSDOutput = model(x)
         anchors = self.anchors(out, ctx.preset, x.device)
-        matcher = Matcher(ctx.preset.pos_iou, ctx.preset.neg_iou, allow_low_quality_matches=True)
+        matcher = Matcher(ctx.preset.pos_iou, ctx.preset.neg_iou, allow_low_quality_matches=True,
+                          min_positives=ctx.preset.min_positives)
         return compute_losses(out.cls_logits, out.box_deltas, anchors, landmarks_vox, ctx.preset, self._coder,
                               matcher, ctx.generator, ctx.iou_balance, hard_mining=ctx.hard_mining)
 

@@ -1,0 +1,472 @@
+"""Tests of rpn_lib.viz.results and rpn_lib.viz.bench_results on planted result files.
+
+The replication's ``tables.json`` is built by :func:`rpn_lib.replicate.build_tables` from
+planted metrics files (as a finished ``make replicate`` leaves them); the benchmark's JSON is
+a small hand-made dict with the structure :func:`rpn_lib.bench.run_benchmark` writes.
+"""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from rpn_lib.errors import DataError  # noqa: E402
+from rpn_lib.landmarks import LANDMARK_NAMES  # noqa: E402
+from rpn_lib.paired import score_error_correlation  # noqa: E402
+from rpn_lib.presets import Preset, get_preset  # noqa: E402
+from rpn_lib.replicate import METRICS_FILE, VARIANTS, build_tables  # noqa: E402
+from rpn_lib.viz import bench_results as B  # noqa: E402
+from rpn_lib.viz import results as R  # noqa: E402
+
+TINY = Preset(name="tiny", spacing_mm=5.2, shape_vox=(32, 32, 32), width=8, steps=40, batch_size=2)
+STEPS = 40
+CASES = ("case_a", "case_b", "case_c", "case_d")
+
+
+# ------------------------------------------------------------------------------------------
+# planting
+# ------------------------------------------------------------------------------------------
+
+
+def per_case(d: np.ndarray, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
+    scores = np.linspace(0.9, 0.1, d.size).reshape(d.shape) if scores is None else scores
+    return [{"case": c, "landmark": n, "distance_mm": float(d[i, k]), "score": float(scores[i, k])}
+            for i, c in enumerate(CASES) for k, n in enumerate(LANDMARK_NAMES)]
+
+
+def metrics(seed: int, d: np.ndarray, dr50: float = 0.5, miou: float = 0.6, rho_scores: np.ndarray | None = None,
+            time_ms: float = 100.0) -> dict[str, Any]:
+    return {"d_mean_mm": float(d.mean()), "d_std_mm": float(d.std()), "dr35": 0.9, "dr50": dr50, "dr75": 0.2,
+            "dr_50_95": 0.4, "miou": miou, "ap_coco": 0.3, "ap_coco_50": 0.5, "ap_coco_75": 0.1, "time_ms": time_ms,
+            "n_cases": len(CASES), "device": "cpu", "threads": 2, "steps": STEPS, "seed": seed,
+            "data": "data/planted", "per_case": per_case(d, rho_scores),
+            "per_landmark": {n: {"d_mean_mm": float(d[:, k].mean())} for k, n in enumerate(LANDMARK_NAMES)}}
+
+
+def plant(results: Path, name: str, seed: int, with_prior: dict | None, no_prior: dict | None) -> None:
+    variant = next(v for v in VARIANTS if v.name == name)
+    run = results / name / f"seed{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "train.json").write_text(json.dumps({
+        "method": variant.method, "iou_balance": variant.iou_balance, "steps": STEPS, "seed": seed,
+        "preset": {**get_preset("cpu-small").to_dict(), "name": "tiny"}, "precision": "bf16", "train_cases": 6,
+        "device": "cpu", "threads": 2, "torch": "2.x", "seconds_this_session": 60.0 * (seed + 1)}))
+    for up, m in ((True, with_prior), (False, no_prior)):
+        if m is not None:
+            (run / METRICS_FILE[up]).write_text(json.dumps(m))
+
+
+def base_distances(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(2.0, 8.0, (len(CASES), 5))
+
+
+PRIOR_MOVES = np.zeros((len(CASES), 5))
+PRIOR_MOVES[:, :3] = 1.0
+"""Landmarks the prior improves in the planted RPN runs: the first three of every case."""
+
+
+def rpn_with_prior(seed: int) -> np.ndarray:
+    return base_distances(seed) - 1.0 - 0.5 * PRIOR_MOVES
+
+
+@pytest.fixture()
+def planted(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """RPN is 1 mm closer than SSD on every landmark; IoU-balance gains 0.5 mm for the RPN and
+    nothing for the SSD; the prior moves nothing for the SSD and improves 3 landmarks of every
+    case by 0.5 mm for the RPN; Faster R-CNN, the heatmap and the peer are not run."""
+    for s in (0, 1, 2):
+        d = base_distances(s)
+        plant(tmp_path, "rpn", s, metrics(s, rpn_with_prior(s), dr50=0.6 + 0.01 * s),
+              metrics(s, d - 1.0, dr50=0.55))
+        plant(tmp_path, "rpn-no-iou-balance", s, metrics(s, d - 0.5, dr50=0.4), metrics(s, d - 0.5, dr50=0.4))
+        plant(tmp_path, "ssd", s, metrics(s, d, time_ms=80.0), metrics(s, d, time_ms=70.0))
+        plant(tmp_path, "ssd-no-iou-balance", s, metrics(s, d + 0.01 * (s - 1)), metrics(s, d))
+    return tmp_path, build_tables(tmp_path, seeds=[0, 1, 2], steps=STEPS, preset=TINY)
+
+
+class _Cells(HTMLParser):
+    """Rows of the first HTML table as lists of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def cells(html_text: str) -> list[list[str]]:
+    p = _Cells()
+    p.feed(html_text)
+    return p.rows
+
+
+def row_after(rows: list[list[str]], first: str) -> tuple[list[str], list[str]]:
+    """The row whose first cell is ``first`` and the row after it (the paper's)."""
+    i = next(i for i, r in enumerate(rows) if r[0] == first)
+    return rows[i], rows[i + 1]
+
+
+# ------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------
+
+
+def test_missing_file_is_none_with_the_command(tmp_path: Path) -> None:
+    assert R.read_result("tables.json", tmp_path) is None
+    msg = R.missing_result_message("tables.json", tmp_path)
+    assert "tables.json" in msg and "make replicate" in msg and R.RESULTS_ENV in msg
+    assert "make bench" in R.missing_result_message("bench.json", tmp_path)
+
+
+def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "bench.json").write_text("{not json")
+    with pytest.raises(DataError, match="bench.json"):
+        R.read_result("bench.json", tmp_path)
+    (tmp_path / "bench.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="JSON object"):
+        R.read_result("bench.json", tmp_path)
+
+
+def test_repo_root_and_results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert R.find_repo_root(root / "notebooks") == root
+    monkeypatch.delenv(R.RESULTS_ENV, raising=False)
+    assert R.results_dir(root) == root / "results"
+    monkeypatch.setenv(R.RESULTS_ENV, str(tmp_path))
+    assert R.results_dir(root) == tmp_path
+    monkeypatch.setenv(R.RESULTS_ENV, "elsewhere/res")
+    assert R.results_dir(root) == root / "elsewhere" / "res"
+
+
+def test_html_table_escapes_cells() -> None:
+    text = R.html_table(["a", "b<c"], [[1, "x & y"]])
+    assert "b&lt;c" in text and "x &amp; y" in text
+    assert cells(text) == [["a", "b<c"], ["1", "x & y"]]
+
+
+@pytest.mark.parametrize("p, text", [(0.41, "p = 0.41"), (0.0512, "p = 0.05"), (0.003, "p = 0.003"),
+                                     (2e-7, "p < 0.001"), (None, "p = ?")])
+def test_fmt_p(p: float | None, text: str) -> None:
+    assert R.fmt_p(p) == text
+
+
+# ------------------------------------------------------------------------------------------
+# replication tables
+# ------------------------------------------------------------------------------------------
+
+
+def test_table1_shows_the_planted_numbers_beside_the_paper(planted: tuple[Path, dict]) -> None:
+    _, tables = planted
+    rows = cells(R.table1_html(tables))
+    header = rows[0]
+    ours, paper = row_after(rows, "IG-RPN")
+    col = {h: i for i, h in enumerate(header)}
+    d_means = [float(rpn_with_prior(s).mean()) for s in (0, 1, 2)]
+    assert ours[col["d-mean (mm)"]] == f"{np.mean(d_means):.2f} ± {np.std(d_means, ddof=1):.2f}"
+    assert ours[col["AP50"]] == f"{100 * np.mean([0.6, 0.61, 0.62]):.1f} ± {100 * np.std([0.6, 0.61, 0.62], ddof=1):.1f}"
+    assert ours[col["seeds"]] == "3/3" and ours[col["source"]] == "ours"
+    assert paper[col["source"]] == "paper" and paper[col["d-mean (mm)"]] == "4.38" and paper[col["time (ms)"]] == "515"
+    frcnn, _ = row_after(rows, "Faster R-CNN")
+    assert frcnn[col["d-mean (mm)"]] == "—" and frcnn[col["seeds"]] == "0/3"
+    peer, after_peer = row_after(rows, "MONAI RetinaNet (peer)")
+    assert after_peer[0] == "MONAI RetinaNet + graph prior"  # the paper has no row for the peer
+    assert "Faster R-CNN: 0 of 3 seeds (seed 0: not run; seed 1: not run; seed 2: not run)" in R.missing_runs(tables)
+
+
+def test_table2_rho_is_the_mean_of_the_seeds(planted: tuple[Path, dict]) -> None:
+    _, tables = planted
+    rows = cells(R.table2_html(tables))
+    col = {h: i for i, h in enumerate(rows[0])}
+    both = next(r for r in rows if r[0] == "RPN" and r[1] == "✓" and r[2] == "✓")
+    rhos = [score_error_correlation(per_case(rpn_with_prior(s))) for s in (0, 1, 2)]
+    assert both[col["ρ(score, error)"]] == f"{np.mean(rhos):.2f} ± {np.std(rhos, ddof=1):.2f}"
+    i = rows.index(both)
+    assert rows[i + 1][col["source"]] == "paper" and rows[i + 1][col["d-mean (mm)"]] == "4.38"
+
+
+def test_protocol_is_read_from_the_runs(planted: tuple[Path, dict]) -> None:
+    folder, tables = planted
+    pr = R.read_protocol(tables, folder)
+    assert pr["settings"]["steps"] == STEPS and pr["settings"]["seeds"] == [0, 1, 2]
+    assert pr["n_test_cases"] == [len(CASES)] and pr["data"] == ["data/planted"]
+    assert pr["runs"]["rpn"]["precision"] == ["bf16"] and pr["runs"]["rpn"]["train_seconds"] == pytest.approx(120.0)
+    assert pr["runs"]["faster-rcnn"]["seeds"] == []
+    diffs = {name: (paper, ours) for name, paper, ours in pr["vs_paper"]}
+    assert diffs["voxel spacing (mm)"] == ("1.3", "2.6") and diffs["first-block width (channels)"] == ("32", "16")
+    assert "eta of the IoU-balanced loss" not in diffs  # the same as the paper's
+    text = cells(R.protocol_html(pr))
+    assert ["training steps per detector", str(STEPS)] in text
+
+
+def test_per_landmark_errors_come_from_the_metrics_files(planted: tuple[Path, dict]) -> None:
+    folder, tables = planted
+    errors = R.per_landmark_errors(tables, ["IG-SSD", "Faster R-CNN"], folder)
+    assert list(errors) == ["IG-SSD"]  # no run: left out
+    expected = [float(base_distances(s)[:, 3].mean()) for s in (0, 1, 2)]
+    assert errors["IG-SSD"]["nose_tip"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="no row"):
+        R.per_landmark_errors(tables, ["nonsense"], folder)
+
+
+# ------------------------------------------------------------------------------------------
+# sentences
+# ------------------------------------------------------------------------------------------
+
+
+def pair(p: float, lo: float, hi: float, diff: float, a: str = "A", b: str = "B") -> dict[str, Any]:
+    return {"a": a, "b": b, "question": f"{a} vs {b}", "seeds": [0, 1, 2], "n_pairs": 160, "mean_a_mm": 5.0 + diff,
+            "mean_b_mm": 5.0, "mean_diff_mm": diff, "ci95_mm": [lo, hi], "p_value": p, "a_better": 80,
+            "b_better": 70, "ties": 10}
+
+
+def test_sentence_says_not_significant_above_alpha() -> None:
+    s = R.describe_pair(pair(0.41, -1.2, 0.8, -0.2))
+    assert "not significant" in s and "Wilcoxon p = 0.41" in s and "95 % CI -1.20 to 0.80 mm" in s
+    assert R.pair_verdict(pair(0.41, -1.2, 0.8, -0.2)) == "none"
+
+
+def test_sentence_gives_the_direction_of_a_significant_difference() -> None:
+    a_closer = R.describe_pair(pair(0.001, -1.5, -0.5, -1.0, "IG-RPN", "IG-SSD"))
+    assert "IG-RPN is closer by 1.00 mm" in a_closer and "significant" in a_closer and "not significant" not in a_closer
+    b_closer = R.describe_pair(pair(0.001, 0.5, 1.5, 1.0, "IG-RPN", "IG-SSD"))
+    assert "IG-SSD is closer by 1.00 mm" in b_closer
+    assert R.pair_verdict(pair(0.001, 0.5, 1.5, 1.0)) == "b"
+
+
+def test_disagreeing_tests_and_missing_runs_are_said_plainly() -> None:
+    assert R.pair_verdict(pair(0.01, -0.5, 0.1, -0.2)) == "mixed"
+    assert R.pair_verdict(pair(0.2, -0.5, -0.1, -0.2)) == "mixed"
+    assert "mixed evidence" in R.describe_pair(pair(0.01, -0.5, 0.1, -0.2))
+    gone = {"a": "IG-RPN", "b": "Heatmap", "question": "q", "missing": "no per-landmark results for Heatmap"}
+    assert R.pair_verdict(gone) == "missing"
+    assert R.describe_pair(gone) == "IG-RPN vs Heatmap: cannot be compared (no per-landmark results for Heatmap)."
+
+
+def test_paper_agreement() -> None:
+    assert R.paper_agreement(pair(0.001, -1.5, -0.5, -1.0), 4.38, 5.21).startswith("agrees")
+    assert R.paper_agreement(pair(0.001, 0.5, 1.5, 1.0), 4.38, 5.21).startswith("contradicts")
+    assert R.paper_agreement(pair(0.5, -0.5, 0.5, 0.0), 4.38, 5.21).startswith("does not confirm")
+    assert R.paper_agreement(pair(0.5, -0.5, 0.5, 0.0), None, 5.21).startswith("cannot be checked")
+
+
+def test_metric_change_counts_paired_seeds_in_the_right_direction() -> None:
+    a = {"label": "A", "per_seed": {"0": {"d_mean_mm": 4.0}, "1": {"d_mean_mm": 6.0}, "2": {"d_mean_mm": 5.0}}}
+    b = {"label": "B", "per_seed": {"0": {"d_mean_mm": 5.0}, "1": {"d_mean_mm": 5.0}}}
+    s = R.describe_metric_change(a, b, "d_mean_mm", "d-mean", "mm", higher_is_better=False)
+    assert "5.00 ± 1.41 mm (A) against 5.00 ± 0.00 mm (B)" in s  # only the common seeds 0 and 1
+    assert "A better in 1 of 2 paired seeds" in s
+    s = R.describe_metric_change(a, b, "d_mean_mm", "d-mean", "mm", higher_is_better=True)
+    assert "A better in 1 of 2" in s
+    none = {"label": "C", "per_seed": {}}
+    assert "cannot be compared" in R.describe_metric_change(a, none, "d_mean_mm", "d-mean", "mm")
+
+
+def test_answers_follow_the_planted_results(planted: tuple[Path, dict]) -> None:
+    _, tables = planted
+    q4 = R.answer_rpn_vs_baselines(tables)
+    assert "IG-RPN is closer by 1.30 mm" in q4[0] and "agrees with the paper" in q4[0]  # 1 + 0.5 x 3/5
+    assert "IG-SSD 80 ms against IG-RPN 100 ms, 0.80×" in q4[1]
+    assert q4[2].startswith("IG-RPN vs Faster R-CNN: Missing run(s): Faster R-CNN")
+    assert R.answer_heatmap(tables)[0].startswith("IG-RPN vs Heatmap: Missing run(s): Heatmap")
+    q1 = " ".join(R.answer_iou_balance(tables))
+    assert "RPN + IoU-balance is closer by 0.50 mm" in q1  # d - 1.0 against d - 0.5 on every landmark
+    assert "SSD + IoU-balance" in q1 and "not significant" in q1  # SSD: no change without the prior
+    q2 = R.answer_prior(tables)
+    assert "another box for 36 of 60 landmarks" in q2[0] and "36 closer to the truth, 0 farther" in q2[0]
+    assert "another box for 0 of 60 landmarks" in q2[3]
+    q3 = R.answer_complementary(tables)
+    assert q3[3] == "RPN: verdict: complementary on this benchmark (at significance 0.05)."
+    assert "not shown to be complementary" in q3[-1]
+
+
+def test_prior_change_sentence_and_table(planted: tuple[Path, dict]) -> None:
+    _, tables = planted
+    changes = tables["table2"]["prior_changes"]
+    rows = cells(R.prior_changes_html(changes))
+    rpn = next(r for r in rows if r[0] == "rpn")
+    assert rpn[1:5] == ["3", "36 of 60", "36", "0"]
+    assert next(r for r in rows if r[0] == "retinanet-monai")[1] == "0"
+    assert R.describe_prior_changes("x", changes["retinanet-monai"]).startswith("x: no run was evaluated")
+
+
+def test_figures_draw_one_point_per_seed(planted: tuple[Path, dict]) -> None:
+    folder, tables = planted
+    rows = tables["table1"]["rows"]
+    fig = R.plot_metric_by_method(rows)
+    points = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
+    n_paper = sum(r["paper"] is not None and r["paper"].get("d_mean_mm") is not None for r in rows)
+    assert points == sum(r["n_seeds"] for r in rows) + n_paper
+    figs = [fig, R.plot_per_landmark(R.per_landmark_errors(tables, ["IG-RPN", "IG-SSD"], folder)),
+            R.plot_paired_differences(tables["table2"]["paired"]), R.plot_prior_changes(tables["table2"]["prior_changes"]),
+            R.plot_score_error_correlation(tables)]
+    for f in figs:
+        assert isinstance(f, matplotlib.figure.Figure)
+        plt.close(f)
+
+
+# ------------------------------------------------------------------------------------------
+# benchmark
+# ------------------------------------------------------------------------------------------
+
+
+def mem(mb: float) -> dict[str, Any]:
+    return {"cpu_peak_rss_mb": mb, "cpu_peak_extra_mb": mb / 10, "cuda_max_allocated_mb": None}
+
+
+def detect(total: float, network: float, cand: float, prior: float) -> dict[str, Any]:
+    return {"end_to_end": {"median_ms": total}, "network_ms": network, "candidates_ms": cand, "prior_ms": prior,
+            "other_ms": total - network - cand - prior, "candidates_prior_share": (cand + prior) / total,
+            "grid_shape": [64, 64, 64], "memory": mem(300.0)}
+
+
+def planted_bench(cpu_small_ms: float = 90.0, paper_ratio: float = 1.2, accuracy: dict | None = None,
+                  retina_x: float = 2.0) -> dict[str, Any]:
+    def preset(total: float, ratio: float) -> dict[str, Any]:
+        floor = total / ratio
+        return {
+            "detect": {"fp32": detect(total, 0.9 * total, 0.03 * total, 0.01 * total),
+                       "bf16": detect(total / 2, 0.4 * total, 0.06 * total, 0.01 * total)},
+            "gflop_forward": 10.0,
+            "efficiency": {p: {"gflop": 10.0, "forward_ms": 0.9 * t, "gflops_per_s": 10.0 / (0.9 * t * 1e-3),
+                               "peak_gflops_per_s": 200.0, "fraction_of_peak": 0.5, "floor_ms": floor / k,
+                               "end_to_end_ms": t, "end_to_end_over_floor": ratio}
+                           for p, t, k in (("fp32", total, 1), ("bf16", total / 2, 2))},
+            "train": {"fp32": {"batch_size": 2, "step": {"median_ms": 500.0}, "samples_per_s": 4.0, "data_ms": 10.0,
+                               "forward_ms": 100.0, "loss_ms": 50.0, "backward_ms": 300.0, "optimizer_ms": 40.0,
+                               "memory": mem(400.0)}},
+            "levers": [{"label": "fp32", "ms_per_volume": 80.0, "x_baseline": 1.0, "error": None},
+                       {"label": "bf16", "ms_per_volume": 20.0, "x_baseline": 0.25, "error": None},
+                       {"label": "fp32, torch.compile", "ms_per_volume": None, "x_baseline": None,
+                        "error": "RuntimeError: no compiler"}],
+            "peers": [{"name": "heatmap", "network_ms": 200.0, "end_to_end_ms": 220.0, "x_igrpn_network": 2.5,
+                       "x_igrpn_end_to_end": 2.4, "gflop": 20.0, "reason": None, "error": None},
+                      {"name": "retinanet", "network_ms": 100.0, "end_to_end_ms": 150.0, "x_igrpn_network": 1.5,
+                       "x_igrpn_end_to_end": retina_x, "gflop": 12.0, "reason": None, "error": None}],
+        }
+
+    return {"created": "2026-01-01T00:00:00+00:00", "seconds": 100.0,
+            "settings": {"repeats": 5, "warmup": 1, "quick": False, "model": None},
+            "machine": {"cpu": "Test CPU", "usable_cores": 2, "memory_gb": 8.0, "torch": "2.x", "torch_threads": 2,
+                        "python": "3.11", "mkldnn": True, "gpu": None, "cuda": None},
+            "matmul_peak": {"fp32": {"gflops_per_s": 200.0}},
+            "presets": {"cpu-small": preset(cpu_small_ms, 3.0), "paper": preset(2000.0, paper_ratio)},
+            "sizes": {"width": 32, "stride": 4, "precision": "fp32",
+                      "rows": [{"size": s, "voxels": s ** 3, "gflop": s ** 3 / 1e4, "ms": 2e-4 * s ** 3,
+                                "gflops_per_s": 50.0, "memory": mem(1e-3 * s ** 3)} for s in (64, 96, 128)]},
+            "accuracy": accuracy}
+
+
+def verdicts(checks: list[B.TargetCheck]) -> dict[tuple[str, str], bool | None]:
+    return {(c.target.split(" ")[0] + " " + c.target.split(" ")[1], c.where): c.met for c in checks}
+
+
+def test_targets_are_judged_from_the_numbers() -> None:
+    v = verdicts(B.check_targets(planted_bench(cpu_small_ms=90.0, paper_ratio=1.2)))
+    assert v[("cpu-small detect", "cpu-small, fp32")] is True
+    assert v[("paper scale", "paper, fp32")] is True
+    assert v[("candidates +", "cpu-small, fp32")] is True  # 4 % of the total
+    assert v[("faster than", "paper, fp32")] is True  # RetinaNet takes 2x the IG-RPN's time
+    # autocast rows do not count without the accuracy check
+    assert v[("cpu-small detect", "cpu-small, bf16")] is None and v[("candidates +", "paper, bf16")] is None
+    assert v[("paper scale", "no GPU on this machine")] is None
+
+    v = verdicts(B.check_targets(planted_bench(cpu_small_ms=101.0, paper_ratio=1.3, retina_x=0.8)))
+    assert v[("cpu-small detect", "cpu-small, fp32")] is False and v[("paper scale", "paper, fp32")] is False
+    assert v[("faster than", "cpu-small, fp32")] is False
+
+
+def test_autocast_counts_only_when_accurate() -> None:
+    acc = {"within_0_1_mm": True, "d_mean_diff_mm": 0.02}
+    v = verdicts(B.check_targets(planted_bench(accuracy=acc)))
+    assert v[("cpu-small detect", "cpu-small, bf16")] is True
+    assert v[("candidates +", "paper, bf16")] is False  # 7 % of the total
+    checks = B.check_targets(planted_bench(accuracy={"within_0_1_mm": False, "d_mean_diff_mm": 0.3}))
+    bf16 = next(c for c in checks if c.where == "cpu-small, bf16")
+    assert bf16.met is None and "+0.300 mm" in bf16.note and bf16.verdict == "not decided"
+
+
+def test_retinanet_target_uses_the_accuracy_of_table1(planted: tuple[Path, dict]) -> None:
+    _, tables = planted  # the peer was not run: its accuracy is unknown
+    checks = B.check_targets(planted_bench(retina_x=2.0), tables)
+    peer = next(c for c in checks if c.target.startswith("faster than") and c.where.startswith("paper"))
+    assert peer.met is None and "no paired result" in peer.note
+    peer = next(c for c in B.check_targets(planted_bench(retina_x=0.5), tables) if c.target.startswith("faster"))
+    assert peer.met is False  # slower is a miss whatever the accuracy
+
+
+def test_bench_tables_show_the_planted_numbers() -> None:
+    bench = planted_bench()
+    rows = cells(B.detect_html(bench))
+    col = {h: i for i, h in enumerate(rows[0])}
+    r = next(r for r in rows if r[0] == "paper" and r[1] == "fp32")
+    assert r[col["end to end"]] == "2000.0" and r[col["network"]] == "1800.0" and r[col["candidates + prior"]] == "4.0 %"
+    levers = cells(B.levers_html(bench))
+    bf16 = next(r for r in levers if r[0] == "cpu-small" and r[1] == "bf16")
+    assert bf16[2:6] == ["20.0", "0.25", "4.00×", "500.0"]  # 10 GFLOP in 20 ms
+    assert "did not run (RuntimeError: no compiler)" in B.describe_lever(bench["presets"]["paper"]["levers"][2])
+    assert B.describe_lever(bench["presets"]["paper"]["levers"][1]) == "bf16: 0.25× the baseline time (4.0× faster)"
+    peers = cells(B.peers_html(bench))
+    assert next(r for r in peers if r[1] == "retinanet")[5] == "2.00"
+    targets = cells(B.targets_html(B.check_targets(bench)))
+    assert targets[1][4] in ("met", "NOT met", "not decided")
+
+
+def test_scaling_exponent() -> None:
+    s = np.array([64.0, 96.0, 128.0, 160.0])
+    assert B.scaling_exponent(s, 3e-4 * s ** 3) == pytest.approx(3.0)
+    assert B.scaling_exponent(s, 5 * s) == pytest.approx(1.0)
+    assert B.scaling_exponent([64.0], [1.0]) is None
+
+
+def test_machine_and_accuracy_text() -> None:
+    bench = planted_bench()
+    assert "Test CPU (2 usable cores" in B.machine_text(bench) and "--quick" not in B.machine_text(bench)
+    bench["settings"]["quick"] = True
+    assert "not a measurement" in B.machine_text(bench)
+    assert "not measured" in B.accuracy_text(bench)
+    bench["accuracy"] = {"amp_precision": "bf16", "split": "test", "n_cases": 32, "d_mean_fp32_mm": 5.0,
+                         "d_mean_amp_mm": 5.05, "d_mean_diff_mm": 0.05, "within_0_1_mm": True, "dr50_fp32": 0.5,
+                         "dr50_amp": 0.5, "max_landmark_shift_mm": 1.2, "same_result_fraction": 0.9}
+    text = B.accuracy_text(bench)
+    assert "5.000 mm in fp32 and 5.050 mm in bf16" in text and "within the 0.1 mm" in text
+
+
+def test_bench_figures() -> None:
+    bench = planted_bench()
+    figs = [B.plot_detect_split(bench), B.plot_train_step(bench), B.plot_sizes(bench), B.plot_roofline(bench),
+            B.plot_peers(bench)]
+    assert "slope 3.00" in figs[2].axes[0].get_title()
+    for f in figs:
+        assert isinstance(f, matplotlib.figure.Figure)
+        plt.close(f)
+
+
+def test_a_peer_left_out_is_reported_not_judged() -> None:
+    bench = planted_bench()
+    for r in bench["presets"].values():
+        r["peers"] = [pe for pe in r["peers"] if pe["name"] != "retinanet"]
+    (row,) = [c for c in B.check_targets(bench) if c.target.startswith("faster than")]
+    assert row.met is None and row.where == "not in this file"
