@@ -15,6 +15,8 @@ distances that :func:`rpn_lib.evaluate.per_case_table` writes, paired by (case, 
 
 Negative differences mean A is closer to the truth. :func:`prior_changes` counts what the
 graph prior changed in one run, landmark by landmark and case by case.
+:func:`score_error_correlation` and :func:`score_iou_correlation` say, for one run, how well the
+final boxes' scores rank their errors and their IoUs (what the IoU-balanced loss aims at).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["Key", "distances_by_key", "paired_comparison", "prior_changes", "score_error_correlation"]
+__all__ = [
+    "Key", "distances_by_key", "paired_comparison", "prior_changes", "score_error_correlation",
+    "score_iou_correlation",
+]
 
 Key = tuple[str, str]
 """``(case id, landmark name)``."""
@@ -141,8 +146,27 @@ def score_error_correlation(per_case: Sequence[Mapping[str, Any]]) -> float:
     the more negative, the better high scores predict small errors. NaN when undefined
     (fewer than 3 rows, or constant scores).
     """
-    s = np.array([float(r["score"]) for r in per_case])
-    e = np.array([float(r["distance_mm"]) for r in per_case])
-    if len(s) < 3 or np.ptp(s) == 0 or np.ptp(e) == 0:
+    return _spearman(per_case, "score", "distance_mm")
+
+
+def score_iou_correlation(per_case: Sequence[Mapping[str, Any]]) -> float:
+    """Spearman correlation between a final box's score and its IoU with the true box.
+
+    The quantity the IoU-balanced loss aims at (Sec. 2.2, chapter *The IoU-balanced loss*):
+    the more positive, the better a high score predicts a well-fitting box. Unlike
+    :func:`score_error_correlation` it judges the whole box (centre and size), as the loss's
+    weights do. NaN when undefined (fewer than 3 rows, or constant scores or IoUs).
+
+    Args:
+        per_case: rows of :func:`rpn_lib.evaluate.per_case_table` (``score`` and ``iou`` read).
+    """
+    return _spearman(per_case, "score", "iou")
+
+
+def _spearman(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str) -> float:
+    """Spearman correlation of two fields of ``rows``; NaN for < 3 rows or a constant field."""
+    x = np.array([float(r[x_key]) for r in rows])
+    y = np.array([float(r[y_key]) for r in rows])
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    return float(stats.spearmanr(s, e).statistic)
+    return float(stats.spearmanr(x, y).statistic)

@@ -4,7 +4,8 @@
 turned away from the probe, and how far it is rolled about its own anterior axis) into the
 ``rotation`` override of :func:`rpn_lib.data.synth.generate_case`.
 :func:`plot_network_diagram` draws the network of Fig. 2 from the arithmetic of
-:mod:`rpn_lib.receptive_field` (matplotlib only).
+:mod:`rpn_lib.receptive_field` (matplotlib only). :func:`plot_score_iou` sets the final boxes
+of several models side by side, score against IoU (chapter *The IoU-balanced loss*).
 
 World frame of the synthetic volumes (:mod:`rpn_lib.data.synth`): array axes 0, 1, 2 are world
 x, y, z; the probe sits on the low side of axis 0 and its beams run along +x, so "towards the
@@ -13,12 +14,16 @@ probe" is world ``-x``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["face_rotation", "plot_network_diagram"]
+from rpn_lib.landmarks import LANDMARK_NAMES
+from rpn_lib.paired import score_iou_correlation
+from rpn_lib.viz.planes import CLASS_COLORS
+
+__all__ = ["face_rotation", "plot_network_diagram", "plot_score_iou"]
 
 
 def _axis_rotation(axis: int, angle_rad: float) -> np.ndarray:
@@ -152,3 +157,45 @@ def plot_network_diagram(blocks: Sequence[Any], input_shape: Sequence[int], ax=N
     ax.set_aspect("equal")
     ax.set_axis_off()
     return fig
+
+
+def plot_score_iou(panels: Mapping[str, Sequence[Mapping[str, Any]]], axes: Sequence[Any] | None = None):
+    """Score against IoU of the final boxes, one panel per model, all on the same axes.
+
+    Each point is one landmark of one test volume: its final box's class score (y) and that
+    box's IoU with the true box (x), coloured by landmark (:data:`rpn_lib.viz.planes.CLASS_COLORS`).
+    Both axes span [0, 1] in every panel, so the panels compare directly. Each title gives the
+    model's name, the number of boxes and Spearman's rho (:func:`rpn_lib.paired.score_iou_correlation`).
+
+    Args:
+        panels: ``{name: rows}`` in panel order, rows as :func:`rpn_lib.evaluate.per_case_table`
+            writes them (``landmark``, ``score``, ``iou`` read).
+        axes: one matplotlib Axes per panel (default: a new figure, panels in one row).
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        ValueError: no panel, or not one Axes per panel.
+    """
+    import matplotlib.pyplot as plt
+
+    if not panels:
+        raise ValueError("need at least one panel")
+    if axes is None:
+        _, axs = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), layout="constrained", squeeze=False)
+        axes = list(axs[0])
+    if len(axes) != len(panels):
+        raise ValueError(f"{len(panels)} panels but {len(axes)} axes")
+    for ax, (name, rows) in zip(axes, panels.items()):
+        for k, landmark in enumerate(LANDMARK_NAMES):
+            mine = [r for r in rows if r["landmark"] == landmark]
+            ax.scatter([float(r["iou"]) for r in mine], [float(r["score"]) for r in mine], s=14, alpha=0.75,
+                       color=CLASS_COLORS[k], label=landmark)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("IoU of the final box with the true box")
+        ax.set_ylabel("class score")
+        ax.set_title(f"{name}: {len(rows)} boxes, Spearman ρ = {score_iou_correlation(rows):.2f}", fontsize=10)
+    axes[0].legend(fontsize=7, loc="upper left")
+    return axes[0].figure
