@@ -72,7 +72,7 @@ def augment(
     max_deg: float = 25.0,
     do_flip: bool = True,
     margin_vox: float = 4.0,
-    flip_axes: tuple[int, ...] = (0, 1, 2),
+    flip_axes: tuple[int, ...] = (1, 2),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random rotation (Sec. 3: [-25, 25] degrees) and random flip of a volume and its landmarks.
 
