@@ -196,7 +196,7 @@ def test_the_replication_runner_trains_and_scores_the_peer(tiny_data: Path, tmp_
     from rpn_lib.replicate import run_replication
 
     tables = run_replication(tiny_data, tmp_path, methods=["retinanet-monai"], seeds=[0], steps=6, preset=TINY,
-                             device="cpu", progress=False, echo=lambda s: None)
+                             device="cpu", precision="fp32", progress=False, echo=lambda s: None)
     run = tmp_path / "retinanet-monai" / "seed0"
     info = json.loads((run / "train.json").read_text())
     assert info["method"] == "retinanet-monai" and info["steps"] == 6
