@@ -128,6 +128,38 @@ def _write_log(path: Path, rows: Sequence[dict[str, float]]) -> None:
     atomic_write(path, buf.getvalue())
 
 
+class RunningLog:
+    """Running means of a loop's losses, turned into a ``log.csv`` row every ``log_every`` steps.
+
+    Shared by :func:`train` and the MONAI peer's loop. ``add`` takes one step's values; at a
+    logging step (or the last) it appends ``{"step", "lr", <means>, "sec_per_step"}`` to
+    ``rows``, shows the losses on ``bar``, calls ``callback(step, row)`` and starts new means.
+    """
+
+    def __init__(self, keys: Sequence[str], rows: list[dict[str, float]], bar: Any, log_every: int, steps: int,
+                 callback: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        self.rows, self.bar, self.log_every, self.steps, self.callback = rows, bar, log_every, steps, callback
+        self.acc = dict.fromkeys(keys, 0.0)
+        self.n = 0
+        self.t_last = time.perf_counter()
+
+    def add(self, done: int, lr: float, values: dict[str, float]) -> None:
+        """Record the values of the step that brought the count to ``done``."""
+        for k in self.acc:
+            self.acc[k] += values[k]
+        self.n += 1
+        if done % self.log_every == 0 or done == self.steps:
+            now = time.perf_counter()
+            row = {"step": done, "lr": lr, **{k: v / self.n for k, v in self.acc.items()},
+                   "sec_per_step": (now - self.t_last) / self.n}
+            self.rows.append(row)
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", cls=f"{row['cls']:.3f}", box=f"{row['box']:.3f}")
+            if self.callback is not None:
+                self.callback(done, row)
+            self.acc = dict.fromkeys(self.acc, 0.0)
+            self.n, self.t_last = 0, now
+
+
 def train(
     data: str | Path | LandmarkDataset,
     out: str | Path,
@@ -212,8 +244,7 @@ def train(
     log_rows = _read_log(out / "log.csv", start_step) if resume else []
 
     n_cases = ts.volumes.shape[0]
-    acc: dict[str, float] = {"loss": 0.0, "cls": 0.0, "box": 0.0, "positives": 0.0}
-    acc_n, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    t0 = time.perf_counter()
     last_loss = float("nan")
 
     def checkpoint(step: int) -> None:
@@ -225,6 +256,7 @@ def train(
 
     model.train()
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", disable=not progress)
+    log = RunningLog(("loss", "cls", "box", "positives"), log_rows, bar, log_every, steps, callback)
     for step in bar:
         lr = learning_rate(step, steps, preset.lr)
         for g in optimizer.param_groups:
@@ -246,22 +278,8 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         last_loss = float(losses.total.detach())
-        acc["loss"] += last_loss
-        acc["cls"] += losses.cls
-        acc["box"] += losses.box
-        acc["positives"] += losses.positives
-        acc_n += 1
         done = step + 1
-        if done % log_every == 0 or done == steps:
-            now = time.perf_counter()
-            row = {"step": done, "lr": lr, **{k: v / acc_n for k, v in acc.items()},
-                   "sec_per_step": (now - t_last) / acc_n}
-            log_rows.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", cls=f"{row['cls']:.3f}", box=f"{row['box']:.3f}")
-            if callback is not None:
-                callback(done, row)
-            acc = dict.fromkeys(acc, 0.0)
-            acc_n, t_last = 0, now
+        log.add(done, lr, {"loss": last_loss, "cls": losses.cls, "box": losses.box, "positives": losses.positives})
         if done % checkpoint_every == 0 or done == steps:
             checkpoint(done)
     bar.close()

@@ -94,6 +94,7 @@ from rpn_lib.presets import Preset, get_preset
 from rpn_lib.methods import CandidateSettings, ClassCandidates
 from rpn_lib.prior import GraphPrior
 from rpn_lib.train import (
+    RunningLog,
     TrainingSet,
     TrainResult,
     gt_boxes_from_landmarks,
@@ -447,11 +448,11 @@ def train_retinanet(
         _write_log(out / "log.csv", log_rows)
 
     n_cases = ts.volumes.shape[0]
-    acc = {"loss": 0.0, "cls": 0.0, "box": 0.0}
-    acc_n, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    t0 = time.perf_counter()
     last_loss = float("nan")
     detector.train()
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train retinanet", disable=not progress)
+    log = RunningLog(("loss", "cls", "box"), log_rows, bar, log_every, steps, callback)
     for step in bar:
         lr = learning_rate(step, steps, preset.lr)
         for g in optimizer.param_groups:
@@ -475,21 +476,8 @@ def train_retinanet(
         torch.nn.utils.clip_grad_norm_(detector.network.parameters(), 10.0)
         optimizer.step()
         last_loss = float(total.detach())
-        acc["loss"] += last_loss
-        acc["cls"] += float(cls_loss.detach())
-        acc["box"] += float(box_loss.detach())
-        acc_n += 1
         done = step + 1
-        if done % log_every == 0 or done == steps:
-            now = time.perf_counter()
-            row = {"step": done, "lr": lr, **{k: v / acc_n for k, v in acc.items()},
-                   "sec_per_step": (now - t_last) / acc_n}
-            log_rows.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", cls=f"{row['cls']:.3f}", box=f"{row['box']:.3f}")
-            if callback is not None:
-                callback(done, row)
-            acc = dict.fromkeys(acc, 0.0)
-            acc_n, t_last = 0, now
+        log.add(done, lr, {"loss": last_loss, "cls": float(cls_loss.detach()), "box": float(box_loss.detach())})
         if done % checkpoint_every == 0 or done == steps:
             checkpoint(done)
     bar.close()
