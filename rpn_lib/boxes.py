@@ -150,7 +150,7 @@ class BoxCoder:
         return torch.cat([a_c + t[..., :3] * a_s, a_s * torch.exp(t_s)], dim=-1)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int | None = None) -> torch.Tensor:
     """Greedy non-maximum suppression of 3D boxes.
 
     Boxes are visited from the highest score down (ties: lower index first); a box is kept
@@ -162,6 +162,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         boxes: ``(N, 6)`` as ``cz, cy, cx, d, h, w``.
         scores: ``(N,)``.
         iou_threshold: suppression threshold in [0, 1].
+        max_keep: stop once this many boxes are kept (the result is then the first
+            ``max_keep`` of the full greedy NMS); None keeps every survivor.
 
     Returns:
         ``(K,)`` int64 indices into ``boxes`` of the kept boxes, by decreasing score.
@@ -178,6 +180,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     removed = torch.zeros(n, dtype=torch.bool)
     keep: list[int] = []
     for i in range(n):
+        if max_keep is not None and len(keep) >= max_keep:
+            break
         if removed[i]:
             continue
         keep.append(i)

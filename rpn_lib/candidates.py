@@ -44,14 +44,16 @@ def select_candidates(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: t
         raise ValueError(f"need cls_logits (N, K+1), deltas (N, 6), anchors (N, 6); got "
                          f"{tuple(cls_logits.shape)}, {tuple(deltas.shape)}, {tuple(anchors.shape)}")
     n, k1 = cls_logits.shape
-    probs = torch.softmax(cls_logits.float(), dim=-1)[:, 1:]  # (N, K)
+    # softmax over the classes as a (K + 1, N) array: a softmax along a last axis of only six
+    # entries runs row by row and took 4x longer on a CPU (same values)
+    probs = torch.softmax(cls_logits.float().t().contiguous(), dim=0)[1:]  # (K, N)
     top_n = min(pre_nms_top_n, n)
-    top = torch.topk(probs, top_n, dim=0)  # values, indices: (top_n, K)
+    top = torch.topk(probs, top_n, dim=1)  # values, indices: (K, top_n)
     flat = top.indices.reshape(-1)
-    decoded = coder.decode(anchors[flat].float(), deltas[flat].float()).reshape(top_n, k1 - 1, 6)
+    decoded = coder.decode(anchors[flat].float(), deltas[flat].float()).reshape(k1 - 1, top_n, 6)
     out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for c in range(k1 - 1):
-        idx, boxes, scores = top.indices[:, c], decoded[:, c], top.values[:, c]
-        keep = nms(boxes, scores, nms_iou)[:top_k]
+        idx, boxes, scores = top.indices[c], decoded[c], top.values[c]
+        keep = nms(boxes, scores, nms_iou, max_keep=top_k)
         out.append((boxes[keep], scores[keep], idx[keep]))
     return out

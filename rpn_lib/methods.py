@@ -51,7 +51,7 @@ from rpn_lib.presets import Preset
 __all__ = [
     "METHOD_NAMES", "Method", "RPNMethod", "StepLosses", "TrainContext", "CandidateSettings",
     "ClassCandidates", "AnchorCache", "get_method", "method_from_dict", "gt_boxes_from_landmarks",
-    "compute_losses",
+    "compute_losses", "box_coder",
 ]
 
 ClassCandidates = list[tuple[torch.Tensor, torch.Tensor]]
@@ -114,6 +114,11 @@ class CandidateSettings:
     pre_nms_top_n: int
     nms_iou: float
     keep: int
+
+
+def box_coder(preset: Preset) -> BoxCoder:
+    """The Eq. 1 box coder of a preset (its ``box_weights``), shared by training and inference."""
+    return BoxCoder(weights=preset.box_weights)
 
 
 def gt_boxes_from_landmarks(landmarks_vox: torch.Tensor, spacing_mm: float) -> torch.Tensor:
@@ -240,7 +245,6 @@ class RPNMethod(Method):
 
     def __post_init__(self) -> None:
         self._anchors = AnchorCache()
-        self._coder = BoxCoder()
 
     def build(self, preset: Preset) -> nn.Module:
         return IGRPN(width=preset.width, stride=preset.stride)
@@ -258,14 +262,14 @@ class RPNMethod(Method):
         anchors = self.anchors(out.feature_shape, model.stride, ctx.preset, x.device)
         matcher = Matcher(ctx.preset.pos_iou, ctx.preset.neg_iou, allow_low_quality_matches=True,
                           min_positives=ctx.preset.min_positives)
-        return compute_losses(out.cls_logits, out.box_deltas, anchors, landmarks_vox, ctx.preset, self._coder,
+        return compute_losses(out.cls_logits, out.box_deltas, anchors, landmarks_vox, ctx.preset, box_coder(ctx.preset),
                               matcher, ctx.generator, ctx.iou_balance, hard_mining=ctx.hard_mining)
 
     def candidates(self, model: nn.Module, out: RPNOutput, index: int, preset: Preset,
                    settings: CandidateSettings) -> ClassCandidates:
         anchors = self.anchors(out.feature_shape, model.stride, preset, out.cls_logits.device)
         per_class = select_candidates(out.cls_logits[index].float(), out.box_deltas[index].float(), anchors,
-                                      self._coder, pre_nms_top_n=settings.pre_nms_top_n, nms_iou=settings.nms_iou,
+                                      box_coder(preset), pre_nms_top_n=settings.pre_nms_top_n, nms_iou=settings.nms_iou,
                                       top_k=settings.keep)
         return [(boxes, scores) for boxes, scores, _ in per_class]
 

@@ -62,6 +62,11 @@ class Preset:
         flip_axes: array axes a flip may mirror. Choice: ``(1, 2)``, the axes across the beam
             (axis 0 is depth in the synthetic data and in the usual scanner export): a mirror in
             depth would show the probe below the face, which no scan does.
+        box_weights: the box coder's delta normalisation ``(wz, wy, wx, wd, wh, ww)``
+            (:class:`rpn_lib.boxes.BoxCoder`): ``(1,) * 6`` is Eq. 1 exactly (the paper);
+            Faster R-CNN's ``(10, 10, 10, 5, 5, 5)`` scales the centre deltas, a few tenths
+            of an anchor, up to where the smooth-L1 loss is linear, so that the centres are
+            regressed as firmly as the sizes.
         nms_iou: class-wise NMS threshold before the top-k candidates are taken.
         top_k: candidates per class kept for the graph prior (Sec. 2.3).
     """
@@ -89,6 +94,7 @@ class Preset:
     rotation_deg: float = 25.0
     flip: bool = True
     flip_axes: tuple[int, ...] = (1, 2)
+    box_weights: tuple[float, ...] = (1.0,) * 6
     nms_iou: float = 0.3
     top_k: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +129,8 @@ class Preset:
             raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if not self.flip_axes or any(a not in (0, 1, 2) for a in self.flip_axes):
             raise ValueError(f"flip_axes must be a non-empty subset of (0, 1, 2), got {self.flip_axes}")
+        if len(self.box_weights) != 6 or any(not w > 0 for w in self.box_weights):
+            raise ValueError(f"box_weights must be 6 positive numbers, got {self.box_weights}")
         if not 0 <= self.neg_iou <= self.pos_iou <= 1:
             raise ValueError(f"need 0 <= neg_iou <= pos_iou <= 1, got {self.neg_iou}, {self.pos_iou}")
 

@@ -151,3 +151,5 @@ def test_nms_properties(seed: int, n: int, thr: float) -> None:
             assert iou[a, b] <= thr
     for r in set(range(n)) - kept:  # every removed box is covered by a better kept one
         assert any(iou[r, k] > thr and scores[k] >= scores[r] for k in kept)
+    for m in (1, 2, 5):  # an early stop gives the first m survivors of the full sweep
+        assert nms(boxes, scores, thr, max_keep=m).tolist() == ks[:m]

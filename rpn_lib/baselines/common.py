@@ -99,5 +99,5 @@ def top_boxes_after_nms(boxes: torch.Tensor, scores: torch.Tensor, pre_nms_top_n
     n = min(pre_nms_top_n, scores.shape[0])
     top = torch.topk(scores.float(), n)
     b, s = boxes[top.indices].float(), top.values
-    kept = nms(b, s, nms_iou)[:keep]
+    kept = nms(b, s, nms_iou, max_keep=keep)
     return b[kept], s[kept]

@@ -42,7 +42,8 @@ from rpn_lib.boxes import BoxCoder, box_iou, box_iou_pairwise, corners_to_cs, cs
 from rpn_lib.landmarks import NUM_LANDMARKS
 from rpn_lib.losses import box_regression_loss, classification_loss, rpn_losses
 from rpn_lib.methods import (
-    AnchorCache, CandidateSettings, ClassCandidates, Method, StepLosses, TrainContext, gt_boxes_from_landmarks,
+    AnchorCache, CandidateSettings, ClassCandidates, Method, StepLosses, TrainContext, box_coder,
+    gt_boxes_from_landmarks,
 )
 from rpn_lib.model import Backbone3d, RPNHead3d
 from rpn_lib.presets import Preset
@@ -83,7 +84,7 @@ def propose(objectness: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tenso
         p = torch.softmax(objectness.detach().float(), dim=-1)[:, 1]
         top = torch.topk(p, min(pre_nms_top_n, p.shape[0]))
         boxes = clip_boxes(coder.decode(anchors[top.indices].float(), deltas[top.indices].detach().float()), shape_vox)
-        keep = nms(boxes, top.values, nms_iou)[:post_nms_top_n]
+        keep = nms(boxes, top.values, nms_iou, max_keep=post_nms_top_n)
         return boxes[keep], top.values[keep]
 
 
@@ -197,7 +198,6 @@ class FasterRCNNMethod(Method):
         if bad:
             raise ValueError(f"Faster R-CNN options out of range: {', '.join(bad)} (counts >= 1, fractions in [0, 1])")
         self._anchors = AnchorCache()
-        self._coder = BoxCoder()
         self._roi_coder = BoxCoder(weights=self.roi_box_weights)
 
     def build(self, preset: Preset) -> nn.Module:
@@ -235,10 +235,10 @@ class FasterRCNNMethod(Method):
                                               hard_fraction=preset.hard_negative_fraction)
             idx = torch.cat([pos_idx, neg_idx]).to(anchors.device)
             rpn = rpn_losses(out.objectness[b, idx].float(), out.box_deltas[b, idx].float(), anchors[idx],
-                             obj_labels[idx], gt[matched.clamp(min=0)[idx]], self._coder, iou_balance=False)
+                             obj_labels[idx], gt[matched.clamp(min=0)[idx]], box_coder(ctx.preset), iou_balance=False)
             n_pos += pos_idx.numel()
             # stage 2: sampled proposals (plus the ground truths) -> K+1 classes and refined boxes
-            props, _ = propose(out.objectness[b], out.box_deltas[b], anchors, self._coder, shape,
+            props, _ = propose(out.objectness[b], out.box_deltas[b], anchors, box_coder(ctx.preset), shape,
                                self.pre_nms_train, self.rpn_nms_iou, self.post_nms_train)
             rois = torch.cat([props, gt])
             m = roi_matcher(box_iou(gt, rois))
@@ -272,7 +272,7 @@ class FasterRCNNMethod(Method):
         shape = tuple(x.shape[-3:])
         results = []
         for b in range(x.shape[0]):
-            props, _ = propose(out.objectness[b], out.box_deltas[b], anchors, self._coder, shape,
+            props, _ = propose(out.objectness[b], out.box_deltas[b], anchors, box_coder(preset), shape,
                                self.pre_nms_test, self.rpn_nms_iou, self.post_nms_test)
             logits, deltas = model.classify(out.features[b], props)
             r, k = deltas.shape[:2]

@@ -546,7 +546,7 @@ class PeerInference:
         for c in range(probs.shape[1]):
             idx, scores = top.indices[:, c], top.values[:, c]
             boxes = from_monai_boxes(self.detector.box_coder.decode_single(deltas[idx], anchors[idx]))
-            keep = nms(boxes, scores, settings.nms_iou)[: settings.keep]
+            keep = nms(boxes, scores, settings.nms_iou, max_keep=settings.keep)
             per_class.append((boxes[keep], scores[keep]))
         return per_class
 

@@ -39,11 +39,10 @@ from torch import nn
 
 from rpn_lib.anchors import Matcher, anchor_grid
 from rpn_lib.baselines.common import VGGEncoder3d, block_channels, block_index, block_name, check_input
-from rpn_lib.boxes import BoxCoder
 from rpn_lib.candidates import select_candidates
 from rpn_lib.landmarks import NUM_LANDMARKS
 from rpn_lib.methods import (
-    AnchorCache, CandidateSettings, ClassCandidates, Method, StepLosses, TrainContext, compute_losses,
+    AnchorCache, CandidateSettings, ClassCandidates, Method, StepLosses, TrainContext, box_coder, compute_losses,
 )
 from rpn_lib.model import RPNHead3d
 from rpn_lib.presets import Preset
@@ -148,7 +147,6 @@ class SSDMethod(Method):
 
     def __post_init__(self) -> None:
         self._anchors = AnchorCache()
-        self._coder = BoxCoder()
 
     def build(self, preset: Preset) -> nn.Module:
         levels = ssd_level_base_sizes(preset.anchor_base_vox)
@@ -167,13 +165,13 @@ class SSDMethod(Method):
         anchors = self.anchors(out, ctx.preset, x.device)
         matcher = Matcher(ctx.preset.pos_iou, ctx.preset.neg_iou, allow_low_quality_matches=True,
                           min_positives=ctx.preset.min_positives)
-        return compute_losses(out.cls_logits, out.box_deltas, anchors, landmarks_vox, ctx.preset, self._coder,
+        return compute_losses(out.cls_logits, out.box_deltas, anchors, landmarks_vox, ctx.preset, box_coder(ctx.preset),
                               matcher, ctx.generator, ctx.iou_balance, hard_mining=ctx.hard_mining)
 
     def candidates(self, model: nn.Module, out: SSDOutput, index: int, preset: Preset,
                    settings: CandidateSettings) -> ClassCandidates:
         anchors = self.anchors(out, preset, out.cls_logits.device)
         per_class = select_candidates(out.cls_logits[index].float(), out.box_deltas[index].float(), anchors,
-                                      self._coder, pre_nms_top_n=settings.pre_nms_top_n, nms_iou=settings.nms_iou,
+                                      box_coder(preset), pre_nms_top_n=settings.pre_nms_top_n, nms_iou=settings.nms_iou,
                                       top_k=settings.keep)
         return [(boxes, scores) for boxes, scores, _ in per_class]
