@@ -519,7 +519,7 @@ def bench_detect(detector: Detector, volume: np.ndarray, affine: np.ndarray, rep
 
 def bench_train_step(preset: str | Preset, device: str | torch.device = "auto", precision: str = "fp32",
                      repeats: int = 3, warmup: int = 1, seed: int = 0, batch_size: int | None = None,
-                     hard_mining: bool = True, method: str = "rpn") -> dict[str, Any]:
+                     hard_mining: bool = True, method: str = "rpn", channels_last: bool = False) -> dict[str, Any]:
     """Time of one training step as :func:`rpn_lib.train.train` runs it, split into its parts.
 
     The step is the training loop's: augmentation (:func:`rpn_lib.augment.augment`), the
@@ -527,7 +527,8 @@ def bench_train_step(preset: str | Preset, device: str | torch.device = "auto", 
     the loss: for the IG-RPN anchor labelling, sampling and Eq. 2-3), backward, gradient
     clipping and AdamW. The batch is ``batch_size`` (default: the preset's) augmented copies of
     one synthetic volume on the preset's grid; hard-negative mining is on (as in the last 60 %
-    of a run).
+    of a run). ``channels_last``: weights and batch in ``torch.channels_last_3d``
+    (``train(channels_last=True)``).
 
     Returns per-part medians in ms: ``data`` (augmentation and copy to the device),
     ``forward`` (the network's own calls, clocked by forward hooks), ``loss`` (the rest of
@@ -546,6 +547,8 @@ def bench_train_step(preset: str | Preset, device: str | torch.device = "auto", 
     meth = get_method(method)
     torch.manual_seed(seed)
     model = meth.build(p).to(dev).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     ctx = TrainContext(p, generator, iou_balance=True, hard_mining=hard_mining, device=dev, precision=precision)
@@ -568,6 +571,8 @@ def bench_train_step(preset: str | Preset, device: str | torch.device = "auto", 
 
         vols, lms = zip(*(augment(vol, lm, generator, p.rotation_deg, p.flip, flip_axes=p.flip_axes) for _ in range(bs)))
         x, lm_b = torch.stack(vols)[:, None].to(dev), torch.stack(lms).to(dev)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         tick()
         losses = meth.training_losses(model, x, lm_b, ctx)
         tick()
@@ -590,6 +595,7 @@ def bench_train_step(preset: str | Preset, device: str | torch.device = "auto", 
     timed = parts[warmup:]
     res: dict[str, Any] = {
         "method": method, "precision": precision, "batch_size": bs, "hard_mining": hard_mining,
+        "channels_last": channels_last,
         "shape_vox": list(p.shape_vox),
         "step": {k: t[k] for k in ("median_ms", "min_ms", "max_ms", "runs_ms", "repeats", "warmup")},
         "samples_per_s": _r(bs / (t["median_ms"] * 1e-3), 3), "memory": t["memory"]}

@@ -169,10 +169,11 @@ def compute_losses(
         if preset.hard_negative_fraction > 0 and hard_mining:
             # hardness of a negative: its highest probability of a class it may not take
             # (it would win that class's top-k)
-            prob = out_logits[b].detach().float().softmax(-1)
+            # (class-major: a softmax over a last axis of six entries is about 4x slower on a CPU)
+            prob = out_logits[b].detach().float().t().contiguous().softmax(0)[1:]  # (K, N)
             if allowed is not None:
-                prob = prob.masked_fill(allowed, 0.0)
-            hard = prob[:, 1:].amax(-1)
+                prob = prob.masked_fill(allowed[:, 1:].t(), 0.0)
+            hard = prob.amax(0)
         pos_idx, neg_idx = sample_anchors(pool.cpu(), preset.anchors_per_volume, preset.max_pos_fraction, generator,
                                           hard_negative_scores=hard, hard_fraction=preset.hard_negative_fraction)
         pos_idx, neg_idx = pos_idx.to(anchors.device), neg_idx.to(anchors.device)

@@ -135,6 +135,14 @@ def _last_logged_step(run_dir: Path) -> int | None:
         return None
 
 
+def _preset_of(info: dict[str, Any]) -> Preset | None:
+    """The preset a ``train.json`` records (None when it cannot be read back)."""
+    try:
+        return Preset.from_dict(info["preset"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def inspect_run(run_dir: Path, variant: Variant, seed: int, steps: int, preset: Preset) -> RunState:
     """The :class:`RunState` of one run folder (reads only small files)."""
     info = _read_json(run_dir / "train.json")
@@ -153,6 +161,8 @@ def inspect_run(run_dir: Path, variant: Variant, seed: int, steps: int, preset: 
             problems.append(f"method {info.get('method')!r}")
         if preset_name != preset.name:
             problems.append(f"preset {preset_name!r}")
+        elif _preset_of(info) != preset:
+            problems.append(f"preset {preset_name!r} with other settings (made before the preset changed)")
         if info.get("seed", seed) != seed:
             problems.append(f"seed {info.get('seed')}")
         if problems:

@@ -20,7 +20,7 @@ from rpn_lib.errors import RpnLibError
 from rpn_lib.landmarks import LANDMARK_NAMES
 from rpn_lib.paired import paired_comparison, prior_changes, score_error_correlation
 from rpn_lib.paper_tables import PAPER_TABLE2
-from rpn_lib.presets import Preset
+from rpn_lib.presets import Preset, get_preset
 from rpn_lib.replicate import (
     METHODS,
     METRICS_FILE,
@@ -66,8 +66,9 @@ def metrics(seed: int, d_mean: float = 5.0, dr50: float = 0.5, distances: np.nda
 def plant_training(run_dir: Path, variant: Variant, seed: int, steps: int = STEPS, preset: str = "tiny") -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "model.pt").write_bytes(b"planted")
+    settings = (TINY if preset == "tiny" else get_preset(preset)).to_dict()
     (run_dir / "train.json").write_text(json.dumps({"method": variant.method, "iou_balance": variant.iou_balance,
-                                                    "steps": steps, "seed": seed, "preset": {"name": preset}}))
+                                                    "steps": steps, "seed": seed, "preset": settings}))
 
 
 def plant(results: Path, name: str, seed: int, with_prior: dict | None = None, no_prior: dict | None = None,
@@ -310,6 +311,15 @@ def test_runner_stops_on_runs_made_with_other_settings(tmp_path: Path, tiny_data
     run_replication(tiny_data, tmp_path, methods=["rpn"], seeds=[0], steps=STEPS, preset=TINY, dry_run=True,
                     echo=lines.append)
     assert "MISMATCH" in "\n".join(lines)
+
+
+def test_runs_of_a_preset_whose_settings_changed_are_mismatched(tmp_path: Path) -> None:
+    rpn = next(v for v in VARIANTS if v.name == "rpn")
+    plant_training(tmp_path / "rpn" / "seed0", rpn, 0)
+    assert plan(tmp_path, ["rpn"], [0], STEPS, TINY)[0].train == "done"
+    changed = TINY.replace(box_weights=(10.0, 10.0, 10.0, 5.0, 5.0, 5.0))
+    state = plan(tmp_path, ["rpn"], [0], STEPS, changed)[0]
+    assert state.train == "mismatch" and "other settings" in state.detail
 
 
 def test_train_variant_passes_method_and_loss(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
