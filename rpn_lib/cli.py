@@ -93,6 +93,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["rpn", "ssd", "faster-rcnn", "heatmap"], default="rpn",
                    help="rpn: the IG-RPN; ssd, faster-rcnn, heatmap: the baselines (rpn_lib.baselines)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast precision of the forward pass")
+    p.add_argument("--channels-last", action="store_true",
+                   help="weights and batches in channels_last_3d (faster with bf16 on a CPU; same training)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -105,7 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     res = train(args.data, args.out, preset=args.preset, steps=args.steps, seed=args.seed, resume=args.resume,
                 iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
-                precision=args.precision, progress=args.progress, method=args.method)
+                precision=args.precision, progress=args.progress, method=args.method,
+                channels_last=args.channels_last)
     print(f"trained {res.steps} steps in {res.seconds:.0f} s (final loss {res.final_loss:.4f}): {res.run_dir / 'model.pt'}")
     return 0
 

@@ -177,6 +177,7 @@ def train(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     method: str = "rpn",
     method_options: dict[str, Any] | None = None,
+    channels_last: bool = False,
 ) -> TrainResult:
     """Train an IG-RPN (or a baseline) on the ``train`` split of a dataset folder and write a run folder.
 
@@ -202,6 +203,8 @@ def train(
             (:data:`rpn_lib.methods.METHOD_NAMES`).
         method_options: the method's own options (fields of its dataclass, e.g.
             ``{"sigma_mm": 4.0}`` for ``heatmap``); defaults when None.
+        channels_last: keep weights and batches in ``torch.channels_last_3d`` (a speed
+            setting: the same training up to rounding; ``rpn-lib bench`` measures it).
     """
     preset = get_preset(preset)
     steps = int(steps if steps is not None else preset.steps)
@@ -220,6 +223,8 @@ def train(
 
     torch.manual_seed(seed)
     model = meth.build(preset).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     config = {"preset": preset.to_dict(), "steps": steps, "seed": seed, "iou_balance": iou_balance,
@@ -269,6 +274,8 @@ def train(
             vols.append(v)
             lms.append(lm)
         x = torch.stack(vols)[:, None].to(dev)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         lm_b = torch.stack(lms).to(dev)
         ctx = TrainContext(preset, generator, iou_balance, hard_mining=step >= preset.hard_negative_start * steps,
                            device=dev, precision=precision)

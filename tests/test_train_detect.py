@@ -60,6 +60,22 @@ def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_channels_last_training_is_the_same_training(tiny_data: Path, tmp_path: Path) -> None:
+    """``channels_last`` changes the memory layout only: the losses of a few steps agree."""
+    kw = dict(steps=3, seed=5, checkpoint_every=3, log_every=1, progress=False, device="cpu")
+    train(tiny_data, tmp_path / "a", TINY, **kw)
+    train(tiny_data, tmp_path / "b", TINY, channels_last=True, **kw)
+
+    def losses(path: Path) -> np.ndarray:
+        rows = [r.split(",") for r in path.read_text().splitlines()[1:]]
+        return np.array([[float(v) for v in r[2:5]] for r in rows])  # loss, cls, box
+
+    np.testing.assert_allclose(losses(tmp_path / "b" / "log.csv"), losses(tmp_path / "a" / "log.csv"), rtol=1e-3)
+    a = load_model(tmp_path / "a" / "model.pt").model.state_dict()
+    b = load_model(tmp_path / "b" / "model.pt").model.state_dict()
+    assert a.keys() == b.keys()
+
+
 def test_train_then_detect_beats_chance(tiny_data: Path, tmp_path: Path) -> None:
     """The whole pipeline can learn: train briefly, then find the landmarks of the training
     volumes far better than a constant guess (this checks learning, not generalisation)."""
