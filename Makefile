@@ -51,7 +51,7 @@ MODEL := models/ig-rpn-cpu-small
 model: install
 	@$(VENV)/bin/rpn-lib synth --out data/synth-cpu-small --preset cpu-small --seed 0 --overwrite --no-progress
 	@rm -rf runs/ig-rpn-cpu-small
-	@$(VENV)/bin/rpn-lib train --data data/synth-cpu-small --out runs/ig-rpn-cpu-small --preset cpu-small --steps 2400 --precision bf16 --seed 0 --checkpoint-every 200
+	@$(VENV)/bin/rpn-lib train --data data/synth-cpu-small --out runs/ig-rpn-cpu-small --preset cpu-small --steps 2400 --precision bf16 --channels-last --seed 0 --checkpoint-every 200
 	@mkdir -p $(MODEL) && cp runs/ig-rpn-cpu-small/{model.pt,log.csv,train.json} $(MODEL)/
 	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test.json --no-progress
 	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test_no_prior.json --no-prior --no-progress
