@@ -228,7 +228,8 @@ EvaluateFn = Callable[[str, Path, Any, list[bool], str, bool], dict[bool, dict[s
 
 def train_variant(variant: Variant, data: Any, out: Path, *, preset: Preset, steps: int, seed: int, resume: bool,
                   precision: str, device: str, progress: bool) -> Any:
-    """Train one run: :func:`rpn_lib.train.train` with ``method=``, or the MONAI peer."""
+    """Train one run: :func:`rpn_lib.train.train` with ``method=`` (weights and batches in
+    ``channels_last_3d``: faster, the same training), or the MONAI peer."""
     if variant.method == RETINANET:
         from rpn_lib.baselines.retinanet_peer import train_retinanet
 
@@ -237,7 +238,7 @@ def train_variant(variant: Variant, data: Any, out: Path, *, preset: Preset, ste
     from rpn_lib.train import train
 
     return train(data, out, preset, steps, seed, resume, iou_balance=variant.iou_balance, precision=precision,
-                 device=device, progress=progress, method=variant.method)
+                 device=device, progress=progress, method=variant.method, channels_last=True)
 
 
 def load_detector(method: str, model_path: Path, device: str = "auto") -> Any:

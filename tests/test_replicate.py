@@ -332,6 +332,7 @@ def test_train_variant_passes_method_and_loss(monkeypatch: pytest.MonkeyPatch, t
                   device="cpu", progress=False)
     (call,) = calls
     assert call["method"] == "ssd" and call["iou_balance"] is False and call["precision"] == "bf16"
+    assert call["channels_last"] is True
     assert call["args"] == ("data", tmp_path, TINY, 7, 2, True)
 
 

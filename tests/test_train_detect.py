@@ -60,9 +60,10 @@ def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_channels_last_training_is_the_same_training(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["rpn", "ssd", "faster-rcnn", "heatmap"])
+def test_channels_last_training_is_the_same_training(tiny_data: Path, tmp_path: Path, method: str) -> None:
     """``channels_last`` changes the memory layout only: the losses of a few steps agree."""
-    kw = dict(steps=3, seed=5, checkpoint_every=3, log_every=1, progress=False, device="cpu")
+    kw = dict(steps=3, seed=5, checkpoint_every=3, log_every=1, progress=False, device="cpu", method=method)
     train(tiny_data, tmp_path / "a", TINY, **kw)
     train(tiny_data, tmp_path / "b", TINY, channels_last=True, **kw)
 
