@@ -578,6 +578,7 @@ class RetinaNetPeerDetector(Detector):
         self.prior = prior
         self.method = PeerInference(self.monai_detector)
         self.amp = amp
+        self.channels_last = False  # MONAI's network runs as MONAI runs it
         self.pre_nms_top_n = pre_nms_top_n
         self.keep_candidates = max(keep_candidates, preset.top_k)
         self.meta = meta or {}
