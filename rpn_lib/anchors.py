@@ -255,6 +255,36 @@ def allowed_classes(iou: torch.Tensor, labels: torch.Tensor, gt_classes: torch.T
     return allowed
 
 
+def merge_classes(allowed: torch.Tensor, columns: tuple[int, ...]) -> torch.Tensor:
+    """Let an anchor that may take one of ``columns`` take any of them (one class in the loss).
+
+    With ``Preset.eye_sides = "geometry"`` the two eye columns are merged: an anchor on either
+    eye is then rewarded for the summed probability of the two eye classes, so the network
+    learns "an eye" without having to tell the sides apart (:mod:`rpn_lib.handedness` names
+    them at inference).
+
+    Args:
+        allowed: ``(N, K + 1)`` bool from :func:`allowed_classes` (or :func:`labels_as_allowed`).
+        columns: the detector classes (columns) to merge, e.g. ``(1, 3)`` for the two eyes.
+
+    Returns:
+        a new ``(N, K + 1)`` bool tensor.
+    """
+    out = allowed.clone()
+    cols = list(columns)
+    out[:, cols] = allowed[:, cols].any(dim=1, keepdim=True)
+    return out
+
+
+def labels_as_allowed(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(N,)`` labels -> ``(N, K + 1)`` bool with exactly the labelled class allowed (none
+    for ignored rows): the paper's plain cross-entropy in the form :func:`merge_classes` takes."""
+    allowed = torch.zeros(labels.shape[0], num_classes, dtype=torch.bool, device=labels.device)
+    keep = labels >= 0
+    allowed[keep, labels[keep]] = True
+    return allowed
+
+
 def _random_subset(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:
     """``k`` distinct indices drawn uniformly from ``range(n)`` (CPU, int64), random order.
 

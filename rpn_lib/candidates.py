@@ -8,13 +8,14 @@ from __future__ import annotations
 import torch
 
 from rpn_lib.boxes import BoxCoder, nms
+from rpn_lib.landmarks import EYES
 
 __all__ = ["select_candidates"]
 
 
 def select_candidates(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor, coder: BoxCoder,
                       pre_nms_top_n: int = 64, nms_iou: float = 0.3,
-                      top_k: int = 2) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                      top_k: int = 2, pool_eyes: bool = False) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Best ``top_k`` boxes of each landmark class of one volume.
 
     Steps: softmax over the ``K + 1`` classes; for each landmark class, the ``pre_nms_top_n``
@@ -33,6 +34,9 @@ def select_candidates(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: t
         pre_nms_top_n: anchors per class considered (and decoded) before NMS.
         nms_iou: IoU above which a lower-scoring box of the same class is suppressed.
         top_k: candidates kept per class.
+        pool_eyes: ``Preset.eye_sides == "geometry"``: the two eye classes' probabilities are
+            summed into one eye score, and both eye classes get the same candidates, the
+            best places of "an eye" (:mod:`rpn_lib.handedness` names the sides later).
 
     Returns:
         ``K`` tuples, one per landmark class ``k`` (detector class ``k + 1``):
@@ -47,6 +51,10 @@ def select_candidates(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: t
     # softmax over the classes as a (K + 1, N) array: a softmax along a last axis of only six
     # entries runs row by row and took 4x longer on a CPU (same values)
     probs = torch.softmax(cls_logits.float().t().contiguous(), dim=0)[1:]  # (K, N)
+    if pool_eyes:
+        probs = probs.clone()
+        probs[EYES[0]] = probs[EYES[0]] + probs[EYES[1]]
+        probs[EYES[1]] = probs[EYES[0]]
     top_n = min(pre_nms_top_n, n)
     top = torch.topk(probs, top_n, dim=1)  # values, indices: (K, top_n)
     flat = top.indices.reshape(-1)

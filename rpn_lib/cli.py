@@ -85,6 +85,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--eye-sides", choices=["learned", "geometry"], default=None,
+                   help="learned: two eye classes (the paper); geometry: detect 'an eye', name the sides by the "
+                   "face's handedness (rpn and ssd; default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--no-iou-balance", dest="iou_balance", action="store_false",
@@ -103,9 +106,13 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``rpn-lib train``: :func:`rpn_lib.train.train`."""
+    from rpn_lib.presets import get_preset
     from rpn_lib.train import train
 
-    res = train(args.data, args.out, preset=args.preset, steps=args.steps, seed=args.seed, resume=args.resume,
+    preset = get_preset(args.preset)
+    if args.eye_sides is not None:
+        preset = preset.replace(eye_sides=args.eye_sides)
+    res = train(args.data, args.out, preset=preset, steps=args.steps, seed=args.seed, resume=args.resume,
                 iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
                 precision=args.precision, progress=args.progress, method=args.method,
                 channels_last=args.channels_last)

@@ -30,7 +30,8 @@ from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import voxel_to_world, world_to_voxel
 from rpn_lib.data.preprocess import ModelInput, prepare_volume
 from rpn_lib.errors import DataError
-from rpn_lib.landmarks import LANDMARK_NAMES
+from rpn_lib.handedness import name_eye_sides, right_direction
+from rpn_lib.landmarks import EYES, LANDMARK_NAMES
 from rpn_lib.methods import CandidateSettings, ClassCandidates, method_from_dict
 from rpn_lib.prior import select_combination
 from rpn_lib.train import resolve_device
@@ -60,6 +61,11 @@ class Detection:
         choice: ``(5,)`` index of the chosen candidate of each class.
         log_penalty: log of Eq. 4's penalty of the choice (None without the prior).
         ranked: every combination scored by the prior, best first, as (choice, log penalty).
+            With ``Preset.eye_sides = "geometry"`` its eye entries index ``eye_candidates``.
+        eye_candidates: with ``Preset.eye_sides = "geometry"``, the places of "an eye" (pooled
+            eye score, best first) that the two eye classes were chosen from; ``candidates``
+            then splits them by side of the chosen face (:mod:`rpn_lib.handedness`). None
+            otherwise.
         model_affine: ``(4, 4)`` model-grid voxel -> world mm.
         timing_ms: time spent in ``network``, ``candidates`` and ``prior``.
     """
@@ -75,6 +81,7 @@ class Detection:
     model_affine: np.ndarray
     spacing_mm: float
     timing_ms: dict[str, float] = field(default_factory=dict)
+    eye_candidates: list[Candidate] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``rpn-lib detect`` writes next to the markups)."""
@@ -126,13 +133,23 @@ class Detector:
         self.method = loaded.method if loaded.method is not None else method_from_dict(loaded.meta)
         self.amp = amp
         self.pre_nms_top_n = pre_nms_top_n
-        self.keep_candidates = max(keep_candidates, self.preset.top_k)
+        self.keep_candidates = max(keep_candidates, self.eye_pool_size)
         self._anchors: dict[tuple[int, int, int], torch.Tensor] = {}
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "auto", **kw: Any) -> "Detector":
         """Load ``model.pt`` and wrap it."""
         return cls(load_model(path), device=device, **kw)
+
+    @property
+    def pooled_eyes(self) -> bool:
+        """Whether the model detects "an eye" and names the sides by geometry (``Preset.eye_sides``)."""
+        return self.preset.eye_sides == "geometry"
+
+    @property
+    def eye_pool_size(self) -> int:
+        """Eye candidates the prior chooses two from: ``2 * top_k`` pooled, else ``top_k`` per eye."""
+        return 2 * self.preset.top_k if self.pooled_eyes else self.preset.top_k
 
     @property
     def candidate_settings(self) -> CandidateSettings:
@@ -223,20 +240,31 @@ class Detector:
             raise DataError("the model found no candidate for some landmark (empty or blank volume?)")
         t_cand = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
+        eye_pool = cands[EYES[0]] if self.pooled_eyes else None
+        if eye_pool is not None and len(eye_pool) < 2:
+            raise DataError("the model found fewer than two eye candidates (empty or blank volume?)")
         k = min(self.preset.top_k, max(len(c) for c in cands))
+        limits = [self.eye_pool_size if (self.pooled_eyes and c in EYES) else k for c in range(len(cands))]
         if use_prior:
-            centres = np.full((len(cands), k, 3), np.nan)
-            scores = np.full((len(cands), k), -np.inf)
+            centres = np.full((len(cands), max(limits), 3), np.nan)
+            scores = np.full((len(cands), max(limits)), -np.inf)
             for c, lst in enumerate(cands):
-                for m, cand in enumerate(lst[:k]):
+                for m, cand in enumerate(lst[:limits[c]]):
                     centres[c, m], scores[c, m] = cand.world_mm, cand.score
-            res = select_combination(centres, scores, self.prior)
+            res = select_combination(centres, scores, self.prior, pooled_eyes=self.pooled_eyes)
             choice = np.asarray(res.choice, dtype=int)
             log_pen: float | None = float(res.log_penalty)
             ranked = [(tuple(int(v) for v in ch), float(lp)) for ch, lp in res.ranked]
         else:
             choice = np.zeros(len(cands), dtype=int)
+            if eye_pool is not None:
+                choice[EYES[1]] = 1
+                pts = np.stack([cands[c][choice[c]].world_mm for c in range(len(cands))])
+                if name_eye_sides(pts):
+                    choice[list(EYES)] = choice[list(EYES[::-1])]
             log_pen, ranked = None, []
+        if eye_pool is not None:
+            cands, choice = _split_eyes_by_side(eye_pool, cands, choice)
         t_prior = (time.perf_counter() - t0) * 1e3
         chosen = [cands[c][choice[c]] for c in range(len(cands))]
         world = np.stack([c.world_mm for c in chosen])
@@ -245,4 +273,30 @@ class Detector:
             landmarks_vox=world_to_voxel(world, in_affine), scores=np.array([c.score for c in chosen]),
             candidates=cands, choice=choice, log_penalty=log_pen, ranked=ranked, model_affine=inp.affine,
             spacing_mm=inp.spacing_mm, timing_ms={"network": t_net, "candidates": t_cand, "prior": t_prior},
+            eye_candidates=eye_pool,
         )
+
+
+def _split_eyes_by_side(eye_pool: list[Candidate], cands: list[list[Candidate]],
+                        choice: np.ndarray) -> tuple[list[list[Candidate]], np.ndarray]:
+    """Pooled eye candidates -> a left-eye and a right-eye list, by the side of the chosen face.
+
+    A candidate belongs to the left eye when it lies on the left of the plane through the
+    midpoint of the two chosen eyes, across the face's right direction
+    (:func:`rpn_lib.handedness.right_direction` of the chosen landmarks). The chosen eyes fall
+    on their own sides by construction; ``choice`` is re-indexed into the new lists.
+    """
+    pts = np.stack([cands[c][choice[c]].world_mm for c in range(len(cands))])
+    right = right_direction(pts)
+    mid = 0.5 * (pts[EYES[0]] + pts[EYES[1]])
+    side = np.array([float(np.dot(c.world_mm - mid, right)) for c in eye_pool])
+    left_idx = [m for m in range(len(eye_pool)) if side[m] < 0 or m == choice[EYES[0]]]
+    left_idx = [m for m in left_idx if m != choice[EYES[1]]]
+    right_idx = [m for m in range(len(eye_pool)) if m not in left_idx]
+    out = list(cands)
+    out[EYES[0]] = [eye_pool[m] for m in left_idx]
+    out[EYES[1]] = [eye_pool[m] for m in right_idx]
+    new_choice = choice.copy()
+    new_choice[EYES[0]] = left_idx.index(int(choice[EYES[0]]))
+    new_choice[EYES[1]] = right_idx.index(int(choice[EYES[1]]))
+    return out, new_choice

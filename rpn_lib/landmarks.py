@@ -16,6 +16,9 @@ BOX_SIZE_MM: tuple[float, ...] = tuple(s * 1.3 for s in (14, 24, 14, 24, 24))
 """Edge of each landmark-centred cubic box in mm (paper Sec. 2.2: eyes 14^3 voxels, the
 others 24^3 voxels, at the paper's 1.3 mm spacing)."""
 
+EYES: tuple[int, int] = (0, 2)
+"""Landmark indices of the left and the right eye."""
+
 FLIP_PERMUTATION: tuple[int, ...] = (2, 1, 0, 3, 4)
 """Class permutation under a left-right mirror: the eyes swap, the midline stays."""
 

@@ -40,10 +40,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rpn_lib.anchors import Matcher, allowed_classes, anchor_grid, label_anchors, sample_anchors
+from rpn_lib.anchors import (Matcher, allowed_classes, anchor_grid, label_anchors, labels_as_allowed, merge_classes,
+                             sample_anchors)
 from rpn_lib.boxes import BoxCoder, box_iou
 from rpn_lib.candidates import select_candidates
-from rpn_lib.landmarks import NUM_LANDMARKS, box_size_vox
+from rpn_lib.landmarks import EYES, NUM_LANDMARKS, box_size_vox
 from rpn_lib.losses import rpn_losses
 from rpn_lib.model import IGRPN, RPNOutput
 from rpn_lib.presets import Preset
@@ -155,6 +156,7 @@ def compute_losses(
         hard_mining: draw ``preset.hard_negative_fraction`` of the negatives as the hardest.
     """
     classes = torch.arange(NUM_LANDMARKS, device=anchors.device)
+    eye_columns = tuple(k + 1 for k in EYES)
     cls_terms, box_terms, n_pos = [], [], 0.0
     for b in range(out_logits.shape[0]):
         gt = gt_boxes_from_landmarks(landmarks_vox[b].to(anchors), preset.spacing_mm)
@@ -165,6 +167,10 @@ def compute_losses(
         if preset.ambiguous == "partial":
             allowed = allowed_classes(iou, labels, classes, preset.neg_iou, out_logits.shape[-1])
             pool = labels.clamp(min=0)  # band anchors are drawn with the negatives
+        if preset.eye_sides == "geometry":  # "an eye": either eye class is right on an eye
+            if allowed is None:
+                allowed = labels_as_allowed(labels, out_logits.shape[-1])
+            allowed = merge_classes(allowed, eye_columns)
         hard = None
         if preset.hard_negative_fraction > 0 and hard_mining:
             # hardness of a negative: its highest probability of a class it may not take
@@ -197,6 +203,8 @@ class Method:
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
+    pools_eyes: ClassVar[bool] = False
+    """Whether training and candidates honour ``Preset.eye_sides = "geometry"``."""
 
     def options(self) -> dict[str, Any]:
         """The method's options, JSON-ready (written to ``model.pt`` and ``train.json``)."""
@@ -243,6 +251,7 @@ class RPNMethod(Method):
 
     name: ClassVar[str] = "rpn"
     title: ClassVar[str] = "IG-RPN"
+    pools_eyes: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self._anchors = AnchorCache()
@@ -271,7 +280,8 @@ class RPNMethod(Method):
         anchors = self.anchors(out.feature_shape, model.stride, preset, out.cls_logits.device)
         per_class = select_candidates(out.cls_logits[index].float(), out.box_deltas[index].float(), anchors,
                                       box_coder(preset), pre_nms_top_n=settings.pre_nms_top_n, nms_iou=settings.nms_iou,
-                                      top_k=settings.keep)
+                                      top_k=settings.keep,
+                                      pool_eyes=preset.eye_sides == "geometry")
         return [(boxes, scores) for boxes, scores, _ in per_class]
 
 

@@ -18,6 +18,9 @@ PAPER_SPACING_MM = 1.3
 PAPER_ANCHOR_BASE_VOX = (13.0, 16.0, 20.0, 28.0)
 """Anchor base sizes per axis in voxels at 1.3 mm (Sec. 2.2): 4^3 = 64 anchor shapes."""
 
+EYE_SIDES: tuple[str, ...] = ("learned", "geometry")
+"""Values of :attr:`Preset.eye_sides`."""
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -68,8 +71,19 @@ class Preset:
             Faster R-CNN's ``(10, 10, 10, 5, 5, 5)`` scales the centre deltas, a few tenths
             of an anchor, up to where the smooth-L1 loss is linear, so that the centres are
             regressed as firmly as the sizes.
+        eye_sides: how left and right eye are told apart. ``"learned"`` (the paper): two eye
+            classes learnt from the labels. ``"geometry"`` (a documented deviation): the network
+            learns "an eye" (either eye class is right on an eye's anchors,
+            :func:`rpn_lib.anchors.merge_classes`), inference pools the two eye classes into
+            one eye score, and the face's handedness names the sides
+            (:mod:`rpn_lib.handedness`). A mirror swaps the labels but a scan shows a face at
+            any orientation, so the side of an eye is not a local image feature: measured
+            on the ``learned`` model, its two eye classes fire on the same eye in 23 of 32
+            test volumes (chapter *Evaluation*).
         nms_iou: class-wise NMS threshold before the top-k candidates are taken.
-        top_k: candidates per class kept for the graph prior (Sec. 2.3).
+        top_k: candidates per class kept for the graph prior (Sec. 2.3); with
+            ``eye_sides="geometry"`` the prior chooses two eyes among the ``2 * top_k`` best
+            pooled eye candidates.
     """
 
     name: str
@@ -96,6 +110,7 @@ class Preset:
     flip: bool = True
     flip_axes: tuple[int, ...] = (1, 2)
     box_weights: tuple[float, ...] = (1.0,) * 6
+    eye_sides: str = "learned"
     nms_iou: float = 0.3
     top_k: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
@@ -132,6 +147,8 @@ class Preset:
             raise ValueError(f"flip_axes must be a non-empty subset of (0, 1, 2), got {self.flip_axes}")
         if len(self.box_weights) != 6 or any(not w > 0 for w in self.box_weights):
             raise ValueError(f"box_weights must be 6 positive numbers, got {self.box_weights}")
+        if self.eye_sides not in EYE_SIDES:
+            raise ValueError(f"eye_sides must be one of {EYE_SIDES}, got {self.eye_sides!r}")
         if not 0 <= self.neg_iou <= self.pos_iou <= 1:
             raise ValueError(f"need 0 <= neg_iou <= pos_iou <= 1, got {self.neg_iou}, {self.pos_iou}")
 

@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
+from rpn_lib.handedness import name_eye_sides
+from rpn_lib.landmarks import EYES, FLIP_PERMUTATION, LANDMARK_NAMES, NUM_LANDMARKS
 
 __all__ = [
     "EDGES", "RATIOS", "RatioDef", "RATIO_NAMES", "edge_lengths", "compute_ratios", "GraphPrior",
@@ -234,7 +235,22 @@ class PriorResult:
     ranked: list[tuple[tuple[int, ...], float]]
 
 
-def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior: GraphPrior) -> PriorResult:
+def _pooled_eye_combinations(options: list[np.ndarray]) -> np.ndarray:
+    """``(C, 5)`` combinations whose two eye slots take two different shared eye candidates."""
+    eyes = options[EYES[0]]
+    pairs = [(a, b) for i, a in enumerate(eyes) for b in eyes[i + 1:]]
+    others = [k for k in range(NUM_LANDMARKS) if k not in EYES]
+    combos = []
+    for (a, b), rest in itertools.product(pairs, itertools.product(*(options[k] for k in others))):
+        row = np.empty(NUM_LANDMARKS, dtype=np.int64)
+        row[EYES[0]], row[EYES[1]] = a, b
+        row[others] = rest
+        combos.append(row)
+    return np.array(combos, dtype=np.int64).reshape(-1, NUM_LANDMARKS)
+
+
+def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior: GraphPrior,
+                       pooled_eyes: bool = False) -> PriorResult:
     """Pick one candidate per landmark with the graph prior (Sec. 2.3).
 
     Every combination of one candidate per class is scored by Eq. 4 (:meth:`GraphPrior.
@@ -249,6 +265,12 @@ def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior:
             contributes fewer combinations.
         cand_scores: ``(5, k)`` candidate scores (class probabilities).
         prior: fitted :class:`GraphPrior`.
+        pooled_eyes: ``Preset.eye_sides == "geometry"``: the two eye classes hold the same
+            candidates (places of "an eye"). Each combination then takes two different ones,
+            and the face's handedness (:func:`rpn_lib.handedness.name_eye_sides`, from the
+            combination's own eyebrow, nose and chin) says which is the left eye; ``choice``
+            and ``ranked`` index that shared list. With ``k`` eye candidates there are
+            ``k (k - 1) / 2`` eye pairs.
 
     Raises:
         ValueError: a class has no candidate at all.
@@ -262,8 +284,16 @@ def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior:
     missing = [LANDMARK_NAMES[k] for k, o in enumerate(options) if len(o) == 0]
     if missing:
         raise ValueError(f"no candidate for {', '.join(missing)}")
-    combos = np.array(list(itertools.product(*options)), dtype=np.int64)  # (C, 5)
     rows = np.arange(NUM_LANDMARKS)
+    if pooled_eyes:
+        combos = _pooled_eye_combinations(options)
+        if len(combos) == 0:
+            raise ValueError("need two different eye candidates")
+        pts = c[rows[None, :], combos]
+        swap = name_eye_sides(pts)
+        combos[swap] = combos[swap][:, list(FLIP_PERMUTATION)]
+    else:
+        combos = np.array(list(itertools.product(*options)), dtype=np.int64)  # (C, 5)
     pts = c[rows[None, :], combos]  # (C, 5, 3)
     lp = prior.log_penalty(pts)  # (C,)
     score_sum = s[rows[None, :], combos].sum(axis=1)

@@ -213,6 +213,8 @@ def train(
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     meth = get_method(method, method_options)
+    if preset.eye_sides == "geometry" and not meth.pools_eyes:
+        raise ValueError(f"eye_sides='geometry' needs a method that pools the eye classes (rpn, ssd), not {method!r}")
     out = Path(out)
     dev = resolve_device(device)
     dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")

@@ -144,6 +144,7 @@ class SSDMethod(Method):
 
     name: ClassVar[str] = "ssd"
     title: ClassVar[str] = "SSD"
+    pools_eyes: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self._anchors = AnchorCache()
@@ -173,5 +174,6 @@ class SSDMethod(Method):
         anchors = self.anchors(out, preset, out.cls_logits.device)
         per_class = select_candidates(out.cls_logits[index].float(), out.box_deltas[index].float(), anchors,
                                       box_coder(preset), pre_nms_top_n=settings.pre_nms_top_n, nms_iou=settings.nms_iou,
-                                      top_k=settings.keep)
+                                      top_k=settings.keep,
+                                      pool_eyes=preset.eye_sides == "geometry")
         return [(boxes, scores) for boxes, scores, _ in per_class]
