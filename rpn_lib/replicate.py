@@ -12,7 +12,10 @@ Variants (:data:`VARIANTS`): the prior is an inference-time switch, so the 8 abl
 the paper's Table 2 come from 4 trainings (RPN and SSD, each with and without the IoU-balanced
 loss) evaluated both ways. Faster R-CNN is trained with plain cross-entropy (the paper names it
 plainly, unlike IG-SSD and IG-RPN), the heatmap regressor has no box classifier to balance, and
-MONAI's RetinaNet uses MONAI's own losses (:mod:`rpn_lib.baselines.retinanet_peer`).
+MONAI's RetinaNet uses MONAI's own losses (:mod:`rpn_lib.baselines.retinanet_peer`). One
+variant is not in the paper: the IG-RPN that detects "an eye" and names the sides by the face's
+handedness (``rpn-eye-geometry``, :mod:`rpn_lib.handedness`), the project's answer to the eye
+failure of chapter *Evaluation*.
 
 Resuming: a run whose ``train.json`` records the requested number of steps is done; one with
 only a ``checkpoint.pt`` continues from it; a metrics file is done when it records the same
@@ -62,16 +65,27 @@ MISSING = "—"
 
 @dataclass(frozen=True)
 class Variant:
-    """One trained configuration: its run-folder name, method and loss."""
+    """One trained configuration: its run-folder name, method, loss and eye-side rule.
+
+    ``eye_sides`` is the only preset field a variant changes (:attr:`Preset.eye_sides`):
+    ``"geometry"`` is the project's deviation that names the eyes' sides by the face's
+    handedness, compared with the paper's learnt sides.
+    """
 
     name: str
     method: str
     iou_balance: bool
+    eye_sides: str = "learned"
+
+    def preset_for(self, preset: Preset) -> Preset:
+        """The preset this variant trains with: ``preset`` with its ``eye_sides``."""
+        return preset.replace(eye_sides=self.eye_sides)
 
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("rpn", "rpn", True),
     Variant("rpn-no-iou-balance", "rpn", False),
+    Variant("rpn-eye-geometry", "rpn", True, eye_sides="geometry"),
     Variant("ssd", "ssd", True),
     Variant("ssd-no-iou-balance", "ssd", False),
     Variant("faster-rcnn", "faster-rcnn", False),
@@ -161,7 +175,7 @@ def inspect_run(run_dir: Path, variant: Variant, seed: int, steps: int, preset: 
             problems.append(f"method {info.get('method')!r}")
         if preset_name != preset.name:
             problems.append(f"preset {preset_name!r}")
-        elif _preset_of(info) != preset:
+        elif _preset_of(info) != variant.preset_for(preset):
             problems.append(f"preset {preset_name!r} with other settings (made before the preset changed)")
         if info.get("seed", seed) != seed:
             problems.append(f"seed {info.get('seed')}")
@@ -333,7 +347,7 @@ def run_replication(
         for st in todo:
             if st.needs_training:
                 echo(f"train {st.label} ({st.detail})")
-                train_fn(st.variant, data, st.run_dir, preset=preset, steps=steps, seed=st.seed,
+                train_fn(st.variant, data, st.run_dir, preset=st.variant.preset_for(preset), steps=steps, seed=st.seed,
                          resume=st.train == "partial", precision=precision, device=device, progress=progress)
             ups = st.missing_evals
             echo(f"evaluate {st.label}: {', '.join(METRICS_FILE[u] for u in ups)}")
@@ -382,10 +396,12 @@ TABLE1_ROWS: tuple[RowSpec, ...] = (
     RowSpec("IG-SSD", "ssd", True, PAPER_TABLE1["IG-SSD"]),
     RowSpec("Heatmap", "heatmap", False, PAPER_TABLE1["Heatmap"], distance_only=True),
     RowSpec("IG-RPN", "rpn", True, PAPER_TABLE1["IG-RPN"]),
+    RowSpec("IG-RPN, eye sides by handedness", "rpn-eye-geometry", True),
     RowSpec("MONAI RetinaNet (peer)", RETINANET, False),
     RowSpec("MONAI RetinaNet + graph prior", RETINANET, True),
 )
-"""Paper Table 1 rows, plus the external peer without and with the graph prior."""
+"""Paper Table 1 rows, plus the project's IG-RPN with eye sides named by the face's handedness
+(``Preset.eye_sides = "geometry"``) and the external peer without and with the graph prior."""
 
 TABLE2_ROWS: tuple[RowSpec, ...] = tuple(
     RowSpec(f"{det}{' + IoU-balance' if iou else ''}{' + prior' if prior else ''}",
@@ -487,7 +503,8 @@ def build_tables(results: str | Path, seeds: Sequence[int] = DEFAULT_SEEDS, step
     t2 = [_row_data(r, results, seeds, steps) for r in TABLE2_ROWS]
     rpn = _spec(TABLE1_ROWS, "IG-RPN")
     pairs1 = [_pair(results, seeds, steps, rpn, _spec(TABLE1_ROWS, other), f"IG-RPN vs {other}")
-              for other in ("IG-SSD", "Faster R-CNN", "Heatmap", "MONAI RetinaNet (peer)")]
+              for other in ("IG-SSD", "Faster R-CNN", "Heatmap", "MONAI RetinaNet (peer)",
+                            "IG-RPN, eye sides by handedness")]
     pairs2 = []
     for det in ("SSD", "RPN"):
         r = {(_VARIANT[s.variant].iou_balance, s.prior): s for s in TABLE2_ROWS if s.group == det}
@@ -498,7 +515,7 @@ def build_tables(results: str | Path, seeds: Sequence[int] = DEFAULT_SEEDS, step
                           ((True, True), (False, False), "both vs neither")):
             pairs2.append(_pair(results, seeds, steps, r[a], r[b], f"{det}: {q}"))
     changes = {}
-    for v in ("rpn", "rpn-no-iou-balance", "ssd", "ssd-no-iou-balance", RETINANET):
+    for v in ("rpn", "rpn-no-iou-balance", "rpn-eye-geometry", "ssd", "ssd-no-iou-balance", RETINANET):
         with_p = _distances(results, v, True, seeds, steps)
         without = _distances(results, v, False, seeds, steps)
         per_seed = {s: prior_changes(with_p[s], without[s]) for s in sorted(set(with_p) & set(without))}

@@ -42,7 +42,10 @@ def card(folder: Path) -> str:
         f"# {folder.name}",
         "",
         f"An IG-RPN trained on the synthetic benchmark with `rpn_lib` ({p['name']} preset: "
-        f"{'x'.join(map(str, p['shape_vox']))} voxels at {p['spacing_mm']} mm, width {p['width']}).",
+        f"{'x'.join(map(str, p['shape_vox']))} voxels at {p['spacing_mm']} mm, width {p['width']})."
+        + (" It detects \"an eye\" and names the two eyes' sides by the face's handedness "
+           "(`eye_sides = \"geometry\"`, a deviation from the paper: `rpn_lib/handedness.py`)."
+           if p.get("eye_sides") == "geometry" else ""),
         "",
         "## How it was made",
         "",
