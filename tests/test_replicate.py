@@ -66,7 +66,7 @@ def metrics(seed: int, d_mean: float = 5.0, dr50: float = 0.5, distances: np.nda
 def plant_training(run_dir: Path, variant: Variant, seed: int, steps: int = STEPS, preset: str = "tiny") -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "model.pt").write_bytes(b"planted")
-    settings = (TINY if preset == "tiny" else get_preset(preset)).to_dict()
+    settings = variant.preset_for(TINY if preset == "tiny" else get_preset(preset)).to_dict()
     (run_dir / "train.json").write_text(json.dumps({"method": variant.method, "iou_balance": variant.iou_balance,
                                                     "steps": steps, "seed": seed, "preset": settings}))
 
@@ -254,6 +254,7 @@ class Fakes:
     def train(self, variant: Variant, data: Path, out: Path, *, preset: Preset, steps: int, seed: int,
               resume: bool, **kw: Any) -> None:
         self.trained.append((variant.name, seed, resume))
+        assert preset.eye_sides == variant.eye_sides
         plant_training(out, variant, seed, steps, preset.name)
 
     def evaluate(self, method: str, model_path: Path, data: Any, use_priors: list[bool], device: str,
@@ -280,10 +281,11 @@ def test_runner_skips_done_runs_and_resumes_partial_ones(tmp_path: Path, tiny_da
     out: list[str] = []
     run_replication(tiny_data, res, methods=["rpn"], seeds=[0, 1, 2], steps=STEPS, preset=TINY,
                     train_fn=fakes.train, evaluate_fn=fakes.evaluate, echo=out.append)
-    assert sorted(fakes.trained) == [("rpn", 2, True), ("rpn-no-iou-balance", 0, False),
+    assert sorted(fakes.trained) == [("rpn", 2, True), ("rpn-eye-geometry", 0, False), ("rpn-eye-geometry", 1, False),
+                                     ("rpn-eye-geometry", 2, False), ("rpn-no-iou-balance", 0, False),
                                      ("rpn-no-iou-balance", 1, False), ("rpn-no-iou-balance", 2, False)]
     assert ("rpn/seed0", (True, False)) not in fakes.evaluated
-    assert ("rpn/seed1", (True, False)) in fakes.evaluated and len(fakes.evaluated) == 5
+    assert ("rpn/seed1", (True, False)) in fakes.evaluated and len(fakes.evaluated) == 8
     written = json.loads((res / "rpn" / "seed1" / "metrics.json").read_text())
     assert written["steps"] == STEPS and written["seed"] == 1 and written["variant"] == "rpn"
     assert len(written["per_case"]) == 20
@@ -319,6 +321,11 @@ def test_runs_of_a_preset_whose_settings_changed_are_mismatched(tmp_path: Path) 
     assert plan(tmp_path, ["rpn"], [0], STEPS, TINY)[0].train == "done"
     changed = TINY.replace(box_weights=(10.0, 10.0, 10.0, 5.0, 5.0, 5.0))
     state = plan(tmp_path, ["rpn"], [0], STEPS, changed)[0]
+    assert state.train == "mismatch" and "other settings" in state.detail
+    # a run of the learnt eye sides is not a run of the eye-geometry variant
+    geometry = next(v for v in VARIANTS if v.name == "rpn-eye-geometry")
+    plant_training(tmp_path / "rpn-eye-geometry" / "seed0", rpn, 0)
+    state = next(st for st in plan(tmp_path, ["rpn"], [0], STEPS, TINY) if st.variant == geometry)
     assert state.train == "mismatch" and "other settings" in state.detail
 
 
