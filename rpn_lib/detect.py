@@ -97,6 +97,9 @@ class Detection:
                                 "world_mm_ras": c.world_mm.round(3).tolist()} for c in self.candidates[k]]
                            for k, n in enumerate(LANDMARK_NAMES)},
             "ranked_combinations": [{"choice": list(ch), "log_penalty": lp} for ch, lp in self.ranked[:10]],
+            **({"eye_candidates": [{"box_model_vox": c.box_vox.round(3).tolist(), "score": round(c.score, 5),
+                                    "world_mm_ras": c.world_mm.round(3).tolist()} for c in self.eye_candidates]}
+               if self.eye_candidates is not None else {}),
             "model_affine": self.model_affine.tolist(),
             "spacing_mm": self.spacing_mm,
             "timing_ms": {k: round(v, 2) for k, v in self.timing_ms.items()},

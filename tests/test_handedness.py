@@ -153,3 +153,6 @@ def test_train_and_detect_with_geometric_eye_sides(tmp_path: Path) -> None:
             assert len(left) + len(right) == len(d.eye_candidates)
             np.testing.assert_allclose(left[d.choice[EYES[0]]].world_mm, d.landmarks_world[EYES[0]])
             np.testing.assert_allclose(right[d.choice[EYES[1]]].world_mm, d.landmarks_world[EYES[1]])
+            js = d.to_dict()
+            assert len(js["eye_candidates"]) == len(d.eye_candidates)
+            assert all(max(r["choice"][k] for k in EYES) < len(d.eye_candidates) for r in js["ranked_combinations"])
