@@ -434,6 +434,20 @@ def test_bench_tables_show_the_planted_numbers() -> None:
     assert targets[1][4] in ("met", "NOT met", "not decided")
 
 
+def test_spread_of_repeated_timings() -> None:
+    bench = planted_bench()
+    e = bench["presets"]["cpu-small"]["detect"]["fp32"]["end_to_end"]
+    e.update(min_ms=81.0, max_ms=117.0, runs_ms=[81.0, 85.0, 90.0, 100.0, 117.0])
+    bench["presets"]["cpu-small"]["levers"].append({"label": "fp32, channels_last_3d", "ms_per_volume": 40.5})
+    rows = {(r["preset"], r["precision"]): r for r in B.spread_rows(bench)}
+    r = rows[("cpu-small", "fp32")]
+    assert r["spread"] == pytest.approx(0.4) and r["runs"] == 5
+    assert r["lever"] == pytest.approx(0.5)  # 40.5 ms against a network of 0.9 x 90 ms
+    assert rows[("paper", "fp32")]["spread"] is None and rows[("paper", "fp32")]["lever"] is None
+    table = cells(B.spread_html(bench))
+    assert ["cpu-small", "fp32", "5", "81.0", "90.0", "117.0", "40 %", "0.50"] in table
+
+
 def test_scaling_exponent() -> None:
     s = np.array([64.0, 96.0, 128.0, 160.0])
     assert B.scaling_exponent(s, 3e-4 * s ** 3) == pytest.approx(3.0)

@@ -23,7 +23,7 @@ from rpn_lib.replicate import MISSING
 from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 
 __all__ = [
-    "machine_text", "detect_rows", "detect_html", "plot_detect_split", "train_html", "plot_train_step",
+    "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html", "plot_train_step",
     "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
     "levers_html", "describe_lever", "peers_html", "plot_peers", "accuracy_text", "TargetCheck",
     "check_targets", "targets_html",
@@ -59,6 +59,39 @@ def detect_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
                         "other": d["other_ms"], "total": d["end_to_end"]["median_ms"],
                         "share": d["candidates_prior_share"], "memory": d.get("memory")})
     return out
+
+
+def spread_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """How much the repeated end-to-end detections of one setting varied within the run.
+
+    One row per (preset, precision): ``median``, ``min`` and ``max`` (ms) of the timed runs,
+    ``spread`` = (max - min) / median, and ``lever`` = the same network setting timed again in
+    the levers section (``channels_last_3d``, batch 1, the detector's own setting), as a ratio
+    to the detection's network time (None where the levers lack that row; ``min``, ``max`` and
+    ``spread`` are None in files that did not record them). On an idle machine
+    both stay near 0 and 1; on a shared one they show how far a single figure can move.
+    """
+    out = []
+    for name, r in bench["presets"].items():
+        levers = {lv["label"]: lv for lv in r.get("levers", []) if lv.get("ms_per_volume")}
+        for prec, d in r["detect"].items():
+            e = d["end_to_end"]
+            lo, hi = e.get("min_ms"), e.get("max_ms")
+            lever = levers.get(f"{prec}, channels_last_3d")
+            out.append({"preset": name, "precision": prec, "median": e["median_ms"], "min": lo, "max": hi,
+                        "spread": None if lo is None or hi is None else (hi - lo) / e["median_ms"],
+                        "runs": len(e.get("runs_ms", [])),
+                        "lever": None if lever is None else lever["ms_per_volume"] / d["network_ms"]})
+    return out
+
+
+def spread_html(bench: Mapping[str, Any]) -> str:
+    """:func:`spread_rows` as a table."""
+    rows = [[r["preset"], r["precision"], str(r["runs"]), fmt_num(r["min"]), fmt_num(r["median"]), fmt_num(r["max"]),
+             fmt_num(None if r["spread"] is None else 100 * r["spread"], 0, " %"), fmt_num(r["lever"], 2)]
+            for r in spread_rows(bench)]
+    return html_table(["preset", "precision", "runs", "min ms", "median ms", "max ms", "(max − min) / median",
+                       "same network in the levers ÷ here"], rows)
 
 
 def _mb(m: Mapping[str, Any] | None, key: str = "cpu_peak_rss_mb") -> str:
