@@ -23,8 +23,8 @@ from rpn_lib.replicate import MISSING
 from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 
 __all__ = [
-    "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html", "plot_train_step",
-    "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
+    "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
+    "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
     "levers_html", "describe_lever", "peers_html", "plot_peers", "accuracy_text", "TargetCheck",
     "check_targets", "targets_html",
 ]
