@@ -88,6 +88,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eye-sides", choices=["learned", "geometry"], default=None,
                    help="learned: two eye classes (the paper); geometry: detect 'an eye', name the sides by the "
                    "face's handedness (rpn and ssd; default: the preset's)")
+    p.add_argument("--anchor-layout", choices=["all", "cubes"], default=None,
+                   help="all: the paper's 4^3 = 64 anchor shapes per cell; cubes: only the 4 cubes (rpn and "
+                   "faster-rcnn; default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--no-iou-balance", dest="iou_balance", action="store_false",
@@ -112,6 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     if args.eye_sides is not None:
         preset = preset.replace(eye_sides=args.eye_sides)
+    if args.anchor_layout is not None:
+        preset = preset.replace(anchor_layout=args.anchor_layout)
     res = train(args.data, args.out, preset=preset, steps=args.steps, seed=args.seed, resume=args.resume,
                 iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
                 precision=args.precision, progress=args.progress, method=args.method,

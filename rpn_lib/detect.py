@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rpn_lib.anchors import anchor_grid
+from rpn_lib.anchors import preset_anchor_grid
 from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import voxel_to_world, world_to_voxel
 from rpn_lib.data.preprocess import ModelInput, prepare_volume
@@ -162,8 +162,8 @@ class Detector:
     def anchors(self, feature_shape: tuple[int, int, int]) -> torch.Tensor:
         """Anchors of an IG-RPN's fused feature map, cached per shape."""
         if feature_shape not in self._anchors:
-            self._anchors[feature_shape] = anchor_grid(feature_shape, self.model.stride,
-                                                       self.preset.anchor_base_vox, device=self.device)
+            self._anchors[feature_shape] = preset_anchor_grid(feature_shape, self.model.stride, self.preset,
+                                                              device=self.device)
         return self._anchors[feature_shape]
 
     def prepare(self, volume: np.ndarray, affine: np.ndarray | None = None,

@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rpn_lib.anchors import (Matcher, allowed_classes, anchor_grid, label_anchors, labels_as_allowed, merge_classes,
-                             sample_anchors)
+from rpn_lib.anchors import (Matcher, allowed_classes, label_anchors, labels_as_allowed, merge_classes,
+                             preset_anchor_grid, sample_anchors)
 from rpn_lib.boxes import BoxCoder, box_iou
 from rpn_lib.candidates import select_candidates
 from rpn_lib.landmarks import EYES, NUM_LANDMARKS, box_size_vox
@@ -205,6 +205,8 @@ class Method:
     title: ClassVar[str] = ""
     pools_eyes: ClassVar[bool] = False
     """Whether training and candidates honour ``Preset.eye_sides = "geometry"``."""
+    uses_anchor_layout: ClassVar[bool] = False
+    """Whether the method's anchors follow ``Preset.anchor_layout``."""
 
     def options(self) -> dict[str, Any]:
         """The method's options, JSON-ready (written to ``model.pt`` and ``train.json``)."""
@@ -252,18 +254,20 @@ class RPNMethod(Method):
     name: ClassVar[str] = "rpn"
     title: ClassVar[str] = "IG-RPN"
     pools_eyes: ClassVar[bool] = True
+    uses_anchor_layout: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self._anchors = AnchorCache()
 
     def build(self, preset: Preset) -> nn.Module:
-        return IGRPN(width=preset.width, stride=preset.stride)
+        return IGRPN(width=preset.width, num_anchors=preset.num_anchors, stride=preset.stride)
 
     def anchors(self, feature_shape: tuple[int, int, int], stride: int, preset: Preset,
                 device: torch.device) -> torch.Tensor:
-        """``(f0 * f1 * f2 * 64, 6)`` anchors of the fused map (:func:`anchor_grid`)."""
-        return self._anchors.get((tuple(feature_shape), stride, preset.anchor_base_vox, str(device)),
-                                 lambda: anchor_grid(feature_shape, stride, preset.anchor_base_vox, device=device))
+        """``(f0 * f1 * f2 * A, 6)`` anchors of the fused map (:func:`preset_anchor_grid`; ``A = 64``
+        in the paper, 4 with ``Preset.anchor_layout = "cubes"``)."""
+        return self._anchors.get((tuple(feature_shape), stride, preset.anchor_base_vox, preset.anchor_layout, str(device)),
+                                 lambda: preset_anchor_grid(feature_shape, stride, preset, device=device))
 
     def training_losses(self, model: nn.Module, x: torch.Tensor, landmarks_vox: torch.Tensor,
                         ctx: TrainContext) -> StepLosses:

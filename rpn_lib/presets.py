@@ -18,6 +18,9 @@ PAPER_SPACING_MM = 1.3
 PAPER_ANCHOR_BASE_VOX = (13.0, 16.0, 20.0, 28.0)
 """Anchor base sizes per axis in voxels at 1.3 mm (Sec. 2.2): 4^3 = 64 anchor shapes."""
 
+ANCHOR_LAYOUTS: tuple[str, ...] = ("all", "cubes")
+"""Values of :attr:`Preset.anchor_layout` and of ``layout`` in :func:`rpn_lib.anchors.anchor_shapes`."""
+
 EYE_SIDES: tuple[str, ...] = ("learned", "geometry")
 """Values of :attr:`Preset.eye_sides`."""
 
@@ -32,6 +35,10 @@ class Preset:
         shape_vox: input volume shape ``(D, H, W)`` in voxels.
         width: channels of the first backbone block (blocks have w, 2w, 4w, 8w).
         anchor_base_mm: anchor base sizes per axis in mm.
+        anchor_layout: ``"all"`` (the paper, Sec. 2.2): every combination of the base sizes
+            along the three axes, ``4^3 = 64`` shapes per cell; ``"cubes"`` (a deviation): only
+            the 4 cubes (:func:`rpn_lib.anchors.anchor_shapes` says why). Used by the IG-RPN
+            and the Faster R-CNN baseline; the SSD baseline has its own anchors.
         stride: voxels per feature-map cell of the fused map (three down-samplings, one
             up-sampling: 4).
         eta: exponent of the IoU-balanced loss (Eq. 3).
@@ -91,6 +98,7 @@ class Preset:
     shape_vox: tuple[int, int, int]
     width: int
     anchor_base_mm: tuple[float, ...] = tuple(s * PAPER_SPACING_MM for s in PAPER_ANCHOR_BASE_VOX)
+    anchor_layout: str = "all"
     stride: int = 4
     eta: float = 1.75
     pos_iou: float = 0.5
@@ -121,6 +129,12 @@ class Preset:
         return tuple(s / self.spacing_mm for s in self.anchor_base_mm)
 
     @property
+    def num_anchors(self) -> int:
+        """Anchors per feature cell: ``L^3`` for ``"all"``, ``L`` for ``"cubes"`` (``L`` base sizes)."""
+        n = len(self.anchor_base_mm)
+        return n if self.anchor_layout == "cubes" else n ** 3
+
+    @property
     def field_of_view_mm(self) -> tuple[float, float, float]:
         """Physical extent of the input volume in mm."""
         return tuple(n * self.spacing_mm for n in self.shape_vox)  # type: ignore[return-value]
@@ -147,6 +161,8 @@ class Preset:
             raise ValueError(f"flip_axes must be a non-empty subset of (0, 1, 2), got {self.flip_axes}")
         if len(self.box_weights) != 6 or any(not w > 0 for w in self.box_weights):
             raise ValueError(f"box_weights must be 6 positive numbers, got {self.box_weights}")
+        if self.anchor_layout not in ANCHOR_LAYOUTS:
+            raise ValueError(f"anchor_layout must be one of {ANCHOR_LAYOUTS}, got {self.anchor_layout!r}")
         if self.eye_sides not in EYE_SIDES:
             raise ValueError(f"eye_sides must be one of {EYE_SIDES}, got {self.eye_sides!r}")
         if not 0 <= self.neg_iou <= self.pos_iou <= 1:

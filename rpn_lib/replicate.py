@@ -65,27 +65,31 @@ MISSING = "—"
 
 @dataclass(frozen=True)
 class Variant:
-    """One trained configuration: its run-folder name, method, loss and eye-side rule.
+    """One trained configuration: its run-folder name, method, loss, eye-side rule and anchors.
 
-    ``eye_sides`` is the only preset field a variant changes (:attr:`Preset.eye_sides`):
-    ``"geometry"`` is the project's deviation that names the eyes' sides by the face's
-    handedness, compared with the paper's learnt sides.
+    ``eye_sides`` and ``anchor_layout`` are the only preset fields a variant changes:
+    ``eye_sides="geometry"`` (:attr:`Preset.eye_sides`) is the project's deviation that names
+    the eyes' sides by the face's handedness, compared with the paper's learnt sides;
+    ``anchor_layout="cubes"`` (:attr:`Preset.anchor_layout`) keeps only the 4 cube anchors of
+    the paper's 64 shapes, the anchor design of the MONAI peer.
     """
 
     name: str
     method: str
     iou_balance: bool
     eye_sides: str = "learned"
+    anchor_layout: str = "all"
 
     def preset_for(self, preset: Preset) -> Preset:
-        """The preset this variant trains with: ``preset`` with its ``eye_sides``."""
-        return preset.replace(eye_sides=self.eye_sides)
+        """The preset this variant trains with: ``preset`` with its ``eye_sides`` and ``anchor_layout``."""
+        return preset.replace(eye_sides=self.eye_sides, anchor_layout=self.anchor_layout)
 
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("rpn", "rpn", True),
     Variant("rpn-no-iou-balance", "rpn", False),
     Variant("rpn-eye-geometry", "rpn", True, eye_sides="geometry"),
+    Variant("rpn-cube-anchors", "rpn", True, eye_sides="geometry", anchor_layout="cubes"),
     Variant("ssd", "ssd", True),
     Variant("ssd-no-iou-balance", "ssd", False),
     Variant("faster-rcnn", "faster-rcnn", False),
@@ -397,11 +401,13 @@ TABLE1_ROWS: tuple[RowSpec, ...] = (
     RowSpec("Heatmap", "heatmap", False, PAPER_TABLE1["Heatmap"], distance_only=True),
     RowSpec("IG-RPN", "rpn", True, PAPER_TABLE1["IG-RPN"]),
     RowSpec("IG-RPN, eye sides by handedness", "rpn-eye-geometry", True),
+    RowSpec("IG-RPN, eye sides by handedness, cube anchors", "rpn-cube-anchors", True),
     RowSpec("MONAI RetinaNet (peer)", RETINANET, False),
     RowSpec("MONAI RetinaNet + graph prior", RETINANET, True),
 )
 """Paper Table 1 rows, plus the project's IG-RPN with eye sides named by the face's handedness
-(``Preset.eye_sides = "geometry"``) and the external peer without and with the graph prior."""
+(``Preset.eye_sides = "geometry"``), that one with only the 4 cube anchors
+(``Preset.anchor_layout = "cubes"``), and the external peer without and with the graph prior."""
 
 TABLE2_ROWS: tuple[RowSpec, ...] = tuple(
     RowSpec(f"{det}{' + IoU-balance' if iou else ''}{' + prior' if prior else ''}",
@@ -505,6 +511,9 @@ def build_tables(results: str | Path, seeds: Sequence[int] = DEFAULT_SEEDS, step
     pairs1 = [_pair(results, seeds, steps, rpn, _spec(TABLE1_ROWS, other), f"IG-RPN vs {other}")
               for other in ("IG-SSD", "Faster R-CNN", "Heatmap", "MONAI RetinaNet (peer)",
                             "IG-RPN, eye sides by handedness")]
+    geometry = _spec(TABLE1_ROWS, "IG-RPN, eye sides by handedness")
+    pairs1.append(_pair(results, seeds, steps, geometry, _spec(TABLE1_ROWS, "IG-RPN, eye sides by handedness, cube anchors"),
+                        "eye sides by handedness: all 64 anchor shapes vs the 4 cubes"))
     pairs2 = []
     for det in ("SSD", "RPN"):
         r = {(_VARIANT[s.variant].iou_balance, s.prior): s for s in TABLE2_ROWS if s.group == det}
@@ -515,7 +524,8 @@ def build_tables(results: str | Path, seeds: Sequence[int] = DEFAULT_SEEDS, step
                           ((True, True), (False, False), "both vs neither")):
             pairs2.append(_pair(results, seeds, steps, r[a], r[b], f"{det}: {q}"))
     changes = {}
-    for v in ("rpn", "rpn-no-iou-balance", "rpn-eye-geometry", "ssd", "ssd-no-iou-balance", RETINANET):
+    for v in ("rpn", "rpn-no-iou-balance", "rpn-eye-geometry", "rpn-cube-anchors", "ssd", "ssd-no-iou-balance",
+              RETINANET):
         with_p = _distances(results, v, True, seeds, steps)
         without = _distances(results, v, False, seeds, steps)
         per_seed = {s: prior_changes(with_p[s], without[s]) for s in sorted(set(with_p) & set(without))}

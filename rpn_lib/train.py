@@ -215,6 +215,8 @@ def train(
     meth = get_method(method, method_options)
     if preset.eye_sides == "geometry" and not meth.pools_eyes:
         raise ValueError(f"eye_sides='geometry' needs a method that pools the eye classes (rpn, ssd), not {method!r}")
+    if preset.anchor_layout != "all" and not meth.uses_anchor_layout:
+        raise ValueError(f"anchor_layout={preset.anchor_layout!r} applies to rpn and faster-rcnn, not {method!r}")
     out = Path(out)
     dev = resolve_device(device)
     dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")

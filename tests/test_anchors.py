@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from rpn_lib.anchors import (Matcher, anchor_grid, anchor_shapes, flatten_head_output, label_anchors,
-                             sample_anchors)
+                             preset_anchor_grid, sample_anchors)
 from rpn_lib.boxes import box_iou, cs_to_corners
+from rpn_lib.presets import get_preset
 
 PAPER_BASE = (13.0, 16.0, 20.0, 28.0)
 
@@ -25,6 +26,33 @@ def test_anchor_shapes_are_every_combination_in_documented_order() -> None:
     assert s[63].tolist() == [28, 28, 28]
     with pytest.raises(ValueError):
         anchor_shapes([13, -1])
+
+
+def test_cube_layout_keeps_the_cubes_in_base_order() -> None:
+    s = anchor_shapes(PAPER_BASE, layout="cubes")
+    assert s.tolist() == [[b] * 3 for b in PAPER_BASE]
+    every = anchor_shapes(PAPER_BASE)
+    cube_rows = [r for r in every.tolist() if r[0] == r[1] == r[2]]
+    assert cube_rows == s.tolist()  # the cubes of "all", in the same order
+    with pytest.raises(ValueError, match="layout"):
+        anchor_shapes(PAPER_BASE, layout="spheres")
+
+
+@pytest.mark.parametrize("layout", ["all", "cubes"])
+def test_preset_anchor_grid_follows_the_preset(layout: str) -> None:
+    preset = get_preset("cpu-small").replace(anchor_layout=layout)
+    assert preset.num_anchors == (4 if layout == "cubes" else 64)
+    f = (3, 4, 5)
+    g = preset_anchor_grid(f, 4, preset)
+    assert g.shape == (3 * 4 * 5 * preset.num_anchors, 6)
+    expected = anchor_grid(f, 4, preset.anchor_base_vox, layout=layout)
+    assert torch.equal(g, expected)
+    # cell (1, 2, 3), its last anchor: the largest cube at the cell's centre
+    row = ((1 * 4 + 2) * 5 + 3) * preset.num_anchors + preset.num_anchors - 1
+    big = preset.anchor_base_vox[-1]
+    assert g[row].tolist() == pytest.approx([5.5, 9.5, 13.5, big, big, big])
+    with pytest.raises(ValueError, match="anchor_layout"):
+        preset.replace(anchor_layout="cube")
 
 
 def test_anchor_grid_count_centres_and_order() -> None:
@@ -71,15 +99,18 @@ def test_flatten_head_output_matches_anchor_grid() -> None:
         flatten_head_output(torch.zeros(1, 10, 2, 2, 2), 3)
 
 
-def test_anchor_grid_matches_monai_up_to_half_voxel() -> None:
+@pytest.mark.parametrize("layout", ["all", "cubes"])
+def test_anchor_grid_matches_monai_up_to_half_voxel(layout: str) -> None:
     anchor_utils = pytest.importorskip("monai.apps.detection.utils.anchor_utils")
     base = (12.0, 16.0, 20.0, 28.0)  # even sizes: MONAI rounds half-sizes to integers
     f, stride = (3, 4, 5), 4
+    shapes = ([(b, b, b) for b in base] if layout == "cubes"
+              else [(d, h, w) for d in base for h in base for w in base])  # written out, not ours
     gen = anchor_utils.AnchorGeneratorWithAnchorShape(feature_map_scales=(1,),
-                                                      base_anchor_shapes=anchor_shapes(base).tolist(), indexing="ij")
+                                                      base_anchor_shapes=shapes, indexing="ij")
     image = torch.zeros(1, 1, *(s * stride for s in f))
     ref = gen(image, [torch.zeros(1, 1, *f)])[0]  # corners, "xyzxyz" = our axes 0, 1, 2
-    ours = cs_to_corners(anchor_grid(f, stride, base))
+    ours = cs_to_corners(anchor_grid(f, stride, base, layout=layout))
     # MONAI centres anchors at i*stride + stride//2 = i*4 + 2; ours at i*4 + 1.5. Same order.
     assert ref.shape == ours.shape
     np.testing.assert_allclose(ours.numpy() + 0.5, ref.numpy(), atol=1e-6)

@@ -254,7 +254,7 @@ class Fakes:
     def train(self, variant: Variant, data: Path, out: Path, *, preset: Preset, steps: int, seed: int,
               resume: bool, **kw: Any) -> None:
         self.trained.append((variant.name, seed, resume))
-        assert preset.eye_sides == variant.eye_sides
+        assert preset.eye_sides == variant.eye_sides and preset.anchor_layout == variant.anchor_layout
         plant_training(out, variant, seed, steps, preset.name)
 
     def evaluate(self, method: str, model_path: Path, data: Any, use_priors: list[bool], device: str,
@@ -281,11 +281,13 @@ def test_runner_skips_done_runs_and_resumes_partial_ones(tmp_path: Path, tiny_da
     out: list[str] = []
     run_replication(tiny_data, res, methods=["rpn"], seeds=[0, 1, 2], steps=STEPS, preset=TINY,
                     train_fn=fakes.train, evaluate_fn=fakes.evaluate, echo=out.append)
-    assert sorted(fakes.trained) == [("rpn", 2, True), ("rpn-eye-geometry", 0, False), ("rpn-eye-geometry", 1, False),
-                                     ("rpn-eye-geometry", 2, False), ("rpn-no-iou-balance", 0, False),
-                                     ("rpn-no-iou-balance", 1, False), ("rpn-no-iou-balance", 2, False)]
+    assert sorted(fakes.trained) == [("rpn", 2, True), ("rpn-cube-anchors", 0, False), ("rpn-cube-anchors", 1, False),
+                                     ("rpn-cube-anchors", 2, False), ("rpn-eye-geometry", 0, False),
+                                     ("rpn-eye-geometry", 1, False), ("rpn-eye-geometry", 2, False),
+                                     ("rpn-no-iou-balance", 0, False), ("rpn-no-iou-balance", 1, False),
+                                     ("rpn-no-iou-balance", 2, False)]
     assert ("rpn/seed0", (True, False)) not in fakes.evaluated
-    assert ("rpn/seed1", (True, False)) in fakes.evaluated and len(fakes.evaluated) == 8
+    assert ("rpn/seed1", (True, False)) in fakes.evaluated and len(fakes.evaluated) == 11
     written = json.loads((res / "rpn" / "seed1" / "metrics.json").read_text())
     assert written["steps"] == STEPS and written["seed"] == 1 and written["variant"] == "rpn"
     assert len(written["per_case"]) == 20
@@ -326,6 +328,11 @@ def test_runs_of_a_preset_whose_settings_changed_are_mismatched(tmp_path: Path) 
     geometry = next(v for v in VARIANTS if v.name == "rpn-eye-geometry")
     plant_training(tmp_path / "rpn-eye-geometry" / "seed0", rpn, 0)
     state = next(st for st in plan(tmp_path, ["rpn"], [0], STEPS, TINY) if st.variant == geometry)
+    assert state.train == "mismatch" and "other settings" in state.detail
+    # nor is a run with all 64 anchor shapes a run of the cube-anchor variant
+    cubes = next(v for v in VARIANTS if v.name == "rpn-cube-anchors")
+    plant_training(tmp_path / "rpn-cube-anchors" / "seed0", geometry, 0)
+    state = next(st for st in plan(tmp_path, ["rpn"], [0], STEPS, TINY) if st.variant == cubes)
     assert state.train == "mismatch" and "other settings" in state.detail
 
 

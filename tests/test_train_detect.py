@@ -116,3 +116,21 @@ def test_bad_model_files(tmp_path: Path) -> None:
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(ModelError, match="format"):
         load_model(tmp_path / "other.pt")
+
+
+def test_cube_anchor_layout_trains_saves_and_detects(tiny_data: Path, tmp_path: Path) -> None:
+    """``Preset.anchor_layout = "cubes"``: 4 anchors per cell in the head, in the saved preset
+    and in the detector's anchors; methods with their own anchors refuse the setting."""
+    cubes = TINY.replace(anchor_layout="cubes", steps=20)
+    train(tiny_data, tmp_path / "run", cubes, seed=0, progress=False, device="cpu", checkpoint_every=1000)
+    loaded = load_model(tmp_path / "run" / "model.pt")
+    assert loaded.preset.anchor_layout == "cubes"
+    assert loaded.model.head.num_anchors == 4
+    assert loaded.model.head.cls.out_channels == 4 * 6 and loaded.model.head.reg.out_channels == 4 * 6
+    det = Detector(loaded, device="cpu")
+    ev = evaluate(det, LandmarkDataset(tiny_data, split="test"), progress=False)
+    assert np.isfinite(ev.metrics["d_mean_mm"])
+    f = det.model.feature_shape(cubes.shape_vox)
+    assert det.anchors(f).shape == (int(np.prod(f)) * 4, 6)
+    with pytest.raises(ValueError, match="anchor_layout"):
+        train(tiny_data, tmp_path / "ssd", cubes, method="ssd", progress=False, device="cpu")

@@ -35,7 +35,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from rpn_lib.anchors import Matcher, anchor_grid, label_anchors, sample_anchors
+from rpn_lib.anchors import Matcher, label_anchors, preset_anchor_grid, sample_anchors
 from rpn_lib.baselines.common import check_input, top_boxes_after_nms
 from rpn_lib.baselines.roi_align import roi_align_3d
 from rpn_lib.boxes import BoxCoder, box_iou, box_iou_pairwise, corners_to_cs, cs_to_corners, nms
@@ -175,6 +175,7 @@ class FasterRCNNMethod(Method):
 
     name: ClassVar[str] = "faster-rcnn"
     title: ClassVar[str] = "Faster R-CNN"
+    uses_anchor_layout: ClassVar[bool] = True
 
     roi_size: int = 4
     sampling_ratio: int = 2
@@ -201,14 +202,14 @@ class FasterRCNNMethod(Method):
         self._roi_coder = BoxCoder(weights=self.roi_box_weights)
 
     def build(self, preset: Preset) -> nn.Module:
-        return FasterRCNN3d(preset.width, preset.stride, num_anchors=len(preset.anchor_base_vox) ** 3,
+        return FasterRCNN3d(preset.width, preset.stride, num_anchors=preset.num_anchors,
                             roi_size=self.roi_size, sampling_ratio=self.sampling_ratio, hidden=self.hidden)
 
     def anchors(self, out: FasterRCNNOutput, stride: int, preset: Preset) -> torch.Tensor:
         """Anchors of the fused map (the IG-RPN's), cached."""
         dev = out.objectness.device
-        key = (out.feature_shape, stride, preset.anchor_base_vox, str(dev))
-        return self._anchors.get(key, lambda: anchor_grid(out.feature_shape, stride, preset.anchor_base_vox, device=dev))
+        key = (out.feature_shape, stride, preset.anchor_base_vox, preset.anchor_layout, str(dev))
+        return self._anchors.get(key, lambda: preset_anchor_grid(out.feature_shape, stride, preset, device=dev))
 
     def training_losses(self, model: nn.Module, x: torch.Tensor, landmarks_vox: torch.Tensor,
                         ctx: TrainContext) -> StepLosses:
