@@ -2,7 +2,8 @@
 
 * :func:`anchor_shapes` and :func:`anchor_grid` place ``A = 4^3 = 64`` anchors (or only the 4
   cubes, ``layout="cubes"``) on every cell of the feature map; :func:`flatten_head_output` puts
-  the RPN head's outputs in the same order, so that row ``n`` of the head output always belongs to anchor ``n``.
+  the RPN head's outputs in the same order, so that row ``n`` of the head output always
+  belongs to anchor ``n``.
 * :class:`Matcher` and :func:`label_anchors` mark each anchor positive (with its landmark
   class), negative or ignored from its IoU with the ground-truth boxes.
 * :func:`sample_anchors` draws the fixed-size minibatch of anchors that enters the loss.
@@ -40,8 +41,8 @@ def anchor_shapes(base_sizes_vox: Sequence[float], dtype: torch.dtype = torch.fl
     ``layout="cubes"`` (a deviation, ``Preset.anchor_layout``): only the ``L`` cubes
     ``(base[i], base[i], base[i])``, in the order of the base sizes. The landmark boxes are
     cubes, so the elongated shapes add little overlap (over random box centres, an eye box's
-    best anchor IoU averages 0.64 with the 4 cubes and 0.67 with all 64 shapes on the paper's
-    grid), while the head has 16 times fewer outputs to learn from the same positives.
+    best anchor IoU averages about 0.65 with the 4 cubes and 0.67 with all 64 shapes on the
+    paper's grid: chapter *Anchors*), while the head has 16 times fewer outputs to learn from the same positives.
 
     Args:
         base_sizes_vox: ``L`` edge lengths in voxels (of the model grid).

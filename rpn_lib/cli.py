@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rpn_lib import __version__
 from rpn_lib.errors import RpnLibError
-from rpn_lib.presets import PRESETS
+from rpn_lib.presets import ANCHOR_LAYOUTS, EYE_SIDES, PRESETS
 
 PROG = "rpn-lib"
 EXIT_USER_ERROR = 2
@@ -85,10 +85,10 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
-    p.add_argument("--eye-sides", choices=["learned", "geometry"], default=None,
+    p.add_argument("--eye-sides", choices=list(EYE_SIDES), default=None,
                    help="learned: two eye classes (the paper); geometry: detect 'an eye', name the sides by the "
                    "face's handedness (rpn and ssd; default: the preset's)")
-    p.add_argument("--anchor-layout", choices=["all", "cubes"], default=None,
+    p.add_argument("--anchor-layout", choices=list(ANCHOR_LAYOUTS), default=None,
                    help="all: the paper's 4^3 = 64 anchor shapes per cell; cubes: only the 4 cubes (rpn and "
                    "faster-rcnn; default: the preset's)")
     p.add_argument("--seed", type=int, default=0)

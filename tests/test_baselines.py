@@ -367,7 +367,9 @@ def test_cli_train_passes_the_method(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--method", "faster-rcnn"]) == 0
     assert seen["method"] == "faster-rcnn"
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 0
-    assert seen["method"] == "rpn"
+    assert seen["method"] == "rpn" and seen["preset"].anchor_layout == "all"
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--anchor-layout", "cubes"]) == 0
+    assert seen["preset"].anchor_layout == "cubes" and seen["preset"].num_anchors == 4
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--method", "yolo"]) != 0
 
 
