@@ -441,7 +441,8 @@ def _register_replicate(sub: argparse._SubParsersAction) -> None:
         "with and without the graph prior, skipping what RESULTS already holds (interrupted trainings resume), "
         "then write RESULTS/table1.md (methods, paper Table 1), RESULTS/table2.md (ablation, paper Table 2) and "
         "RESULTS/tables.json. Methods: rpn ssd faster-rcnn heatmap retinanet-monai (rpn and ssd are trained "
-        "with and without the IoU-balanced loss).",
+        "with and without the IoU-balanced loss; rpn also with the eye sides named by the face's handedness, "
+        "on all 64 anchor shapes and on the 4 cubes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", type=Path, default=Path("data/synth-cpu-small"), help="dataset folder (rpn-lib synth)")
