@@ -42,7 +42,8 @@ def anchor_shapes(base_sizes_vox: Sequence[float], dtype: torch.dtype = torch.fl
     ``(base[i], base[i], base[i])``, in the order of the base sizes. The landmark boxes are
     cubes, so the elongated shapes add little overlap (over random box centres, an eye box's
     best anchor IoU averages about 0.65 with the 4 cubes and 0.67 with all 64 shapes on the
-    paper's grid: chapter *Anchors*), while the head has 16 times fewer outputs to learn from the same positives.
+    paper's grid: chapter *Anchors*), while the head has 16 times fewer outputs to learn from
+    the same positives.
 
     Args:
         base_sizes_vox: ``L`` edge lengths in voxels (of the model grid).

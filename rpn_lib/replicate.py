@@ -16,8 +16,8 @@ MONAI's RetinaNet uses MONAI's own losses (:mod:`rpn_lib.baselines.retinanet_pee
 variant is not in the paper: the IG-RPN that detects "an eye" and names the sides by the face's
 handedness (``rpn-eye-geometry``, :mod:`rpn_lib.handedness`), the project's answer to the eye
 failure of chapter *Evaluation*; and the same on the 4 cube anchors per cell instead of 64
-shapes (``rpn-cube-anchors``, :attr:`rpn_lib.presets.Preset.anchor_layout`), the recipe of the
-shipped model.
+shapes (``rpn-cube-anchors``, :attr:`rpn_lib.presets.Preset.anchor_layout`), the anchor
+design of the MONAI peer.
 
 Resuming: a run whose ``train.json`` records the requested number of steps is done; one with
 only a ``checkpoint.pt`` continues from it; a metrics file is done when it records the same
