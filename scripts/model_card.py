@@ -45,7 +45,10 @@ def card(folder: Path) -> str:
         f"{'x'.join(map(str, p['shape_vox']))} voxels at {p['spacing_mm']} mm, width {p['width']})."
         + (" It detects \"an eye\" and names the two eyes' sides by the face's handedness "
            "(`eye_sides = \"geometry\"`, a deviation from the paper: `rpn_lib/handedness.py`)."
-           if p.get("eye_sides") == "geometry" else ""),
+           if p.get("eye_sides") == "geometry" else "")
+        + (f" Its anchors are the {len(p['anchor_base_mm'])} cubes per feature cell instead of the paper's "
+           f"{len(p['anchor_base_mm']) ** 3} shapes (`anchor_layout = \"cubes\"`, a deviation: `rpn_lib/anchors.py`)."
+           if p.get("anchor_layout") == "cubes" else ""),
         "",
         "## How it was made",
         "",
