@@ -130,6 +130,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _axis_list(text: str) -> tuple[int, ...]:
+    """``"2,1,0"`` -> ``(2, 1, 0)`` for ``--axis-order`` and ``--flip-axes`` (``""`` -> ``()``)."""
+    try:
+        axes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated axes among 0, 1, 2, got {text!r}") from None
+    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise argparse.ArgumentTypeError(f"expected distinct axes among 0, 1, 2, got {text!r}")
+    return axes
+
+
+def _add_orientation_args(p: argparse.ArgumentParser) -> None:
+    """``--axis-order`` and ``--flip-axes`` (:class:`rpn_lib.detect.Detector`'s ``axis_order``, ``flip_axes``)."""
+    p.add_argument("--axis-order", type=_axis_list, default=(0, 1, 2), metavar="I,J,K",
+                   help="read the image's array axes in this order before detection, e.g. 2,1,0 when the "
+                   "ultrasound beams run along axis 2 (the book's models expect them along axis 0)")
+    p.add_argument("--flip-axes", type=_axis_list, default=(), metavar="AXES",
+                   help="then reverse these array axes, e.g. 0 when the probe sits on the high-index side "
+                   "of axis 0 (world coordinates, and so the results, are unaffected)")
+
+
+def _detector(args: argparse.Namespace):
+    """The :class:`rpn_lib.detect.Detector` of ``--model``, ``--device`` and the orientation options."""
+    from rpn_lib.detect import Detector
+
+    if len(args.axis_order) != 3:
+        raise ValueError(f"--axis-order needs all three axes, got {','.join(map(str, args.axis_order))}")
+    return Detector.from_file(args.model, device=args.device, axis_order=args.axis_order, flip_axes=args.flip_axes)
+
+
+LOW_SCORE = 0.05
+"""``rpn-lib detect`` warns when no landmark of a volume scores above this."""
+
+
 def _register_detect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "detect", help="detect the five landmarks in NIfTI volumes",
@@ -142,6 +176,7 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
     p.add_argument("--device", default="auto")
+    _add_orientation_args(p)
     p.set_defaults(func=cmd_detect)
 
 
@@ -156,10 +191,9 @@ def _case_id(path: Path) -> str:
 def cmd_detect(args: argparse.Namespace) -> int:
     """``rpn-lib detect``: :meth:`rpn_lib.detect.Detector.detect` on each image."""
     from rpn_lib.data.io import load_volume, save_landmarks
-    from rpn_lib.detect import Detector
     from rpn_lib.fileio import atomic_write_json
 
-    det = Detector.from_file(args.model, device=args.device)
+    det = _detector(args)
     for path in args.images:
         vol = load_volume(path)
         res = det.detect(vol.array, vol.affine, use_prior=args.use_prior)
@@ -169,6 +203,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         atomic_write_json(args.out / f"{case}.json", {"image": str(path), **res.to_dict()})
         total = sum(res.timing_ms.values())
         print(f"{case}: 5 landmarks ({total:.0f} ms) -> {args.out / (case + '.mrk.json')}")
+        if res.scores.max() < LOW_SCORE:
+            print(f"warning: {case}: no landmark scored above {LOW_SCORE} (best {res.scores.max():.3f}); the volume "
+                  "may not look like the model's training data. Is the probe on the low-index side of array "
+                  "axis 0? See --axis-order and --flip-axes.", file=sys.stderr)
     return 0
 
 
@@ -191,16 +229,16 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prior", dest="use_prior", action="store_false")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    _add_orientation_args(p)
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``rpn-lib evaluate``: :func:`rpn_lib.evaluate.evaluate`, then write the metrics."""
-    from rpn_lib.detect import Detector
     from rpn_lib.evaluate import evaluate, per_case_table
     from rpn_lib.fileio import atomic_write_json
 
-    det = Detector.from_file(args.model, device=args.device)
+    det = _detector(args)
     split = None if args.split == "all" else args.split
     ev = evaluate(det, args.data, split=split, use_prior=args.use_prior, progress=args.progress)
     atomic_write_json(args.out, {**ev.metrics, "model": str(args.model), "data": str(args.data),
@@ -251,6 +289,7 @@ def _register_view(sub: argparse._SubParsersAction) -> None:
                    help="screenshot size in pixels (default: 800x600)")
     p.add_argument("--2d", dest="two_d", action="store_true", help="slice view instead of the 3D rendering")
     p.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda (default: auto)")
+    _add_orientation_args(p)
     p.set_defaults(func=cmd_view)
 
 
@@ -289,9 +328,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         check_landmarks_inside(landmarks_world, vol.shape, vol.affine, args.landmarks)
     layers: dict = {}
     if args.model is not None:
-        from rpn_lib.detect import Detector
-
-        det = Detector.from_file(args.model, device=args.device)
+        det = _detector(args)
         _require_display()
         inp = det.prepare(vol.array, vol.affine)
         res = det.detect_prepared([inp], [vol.affine], use_prior=args.use_prior)[0]

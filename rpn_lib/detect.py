@@ -27,7 +27,7 @@ import torch
 
 from rpn_lib.anchors import preset_anchor_grid
 from rpn_lib.checkpoint import LoadedModel, load_model
-from rpn_lib.data.geometry import voxel_to_world, world_to_voxel
+from rpn_lib.data.geometry import reorient_axes, voxel_to_world, world_to_voxel
 from rpn_lib.data.preprocess import ModelInput, prepare_volume
 from rpn_lib.errors import DataError
 from rpn_lib.handedness import name_eye_sides, right_direction
@@ -120,10 +120,22 @@ class Detector:
         channels_last: run the network on ``torch.channels_last_3d`` weights and inputs
             (``rpn-lib bench`` on a 2-core CPU: the forward pass 10-12 % faster in fp32 and
             20-33 % in bf16, at both presets; the same numbers up to rounding).
+        axis_order, flip_axes: bring each input array to the layout the model was trained on
+            before anything else (:func:`rpn_lib.data.geometry.reorient_axes`; world
+            coordinates, and so every result, are unaffected). The synthetic training volumes
+            have the probe on the low-index side of array axis 0 and the beams along
+            ``+axis 0``; for volumes whose beams run backwards along axis 0 pass
+            ``flip_axes=(0,)``, for beams along axis 2 ``axis_order=(2, 1, 0)``. A model sees
+            arrays, not world directions: without this, such volumes look upside down to it.
     """
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "auto", amp: bool = False,
-                 pre_nms_top_n: int = 64, keep_candidates: int = 10, channels_last: bool = True) -> None:
+                 pre_nms_top_n: int = 64, keep_candidates: int = 10, channels_last: bool = True,
+                 axis_order: tuple[int, int, int] = (0, 1, 2), flip_axes: tuple[int, ...] = ()) -> None:
+        # validated once here (a bad value fails before any volume is read)
+        reorient_axes(np.zeros((1, 1, 1), np.uint8), np.eye(4), axis_order, flip_axes)
+        self.axis_order = tuple(int(a) for a in axis_order)
+        self.flip_axes = tuple(int(a) for a in flip_axes)
         self.device = resolve_device(device)
         self.loaded = loaded
         self.channels_last = channels_last
@@ -168,7 +180,8 @@ class Detector:
 
     def prepare(self, volume: np.ndarray, affine: np.ndarray | None = None,
                 spacing_mm: float | None = None) -> ModelInput:
-        """Validate and resample one volume to the model grid (see :func:`prepare_volume`)."""
+        """Validate, reorient (``axis_order``, ``flip_axes``) and resample one volume to the model grid
+        (see :func:`prepare_volume`)."""
         volume = np.asarray(volume)
         if volume.ndim != 3:
             raise DataError(f"expected a 3D volume, got shape {volume.shape}")
@@ -178,6 +191,8 @@ class Detector:
             if spacing_mm is None:
                 raise ValueError("give the volume's affine or its isotropic spacing_mm")
             affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
+        if self.axis_order != (0, 1, 2) or self.flip_axes:
+            volume, affine = reorient_axes(volume, np.asarray(affine, dtype=np.float64), self.axis_order, self.flip_axes)
         extent_mm = np.asarray(volume.shape) * np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
         if extent_mm.min() < 16 * self.preset.spacing_mm:
             raise DataError(f"volume of shape {volume.shape} ({extent_mm.round(1).tolist()} mm) is too small "

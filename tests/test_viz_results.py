@@ -7,6 +7,8 @@ a small hand-made dict with the structure :func:`rpn_lib.bench.run_benchmark` wr
 
 from __future__ import annotations
 
+import copy
+
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,7 +25,7 @@ from rpn_lib.errors import DataError  # noqa: E402
 from rpn_lib.landmarks import LANDMARK_NAMES  # noqa: E402
 from rpn_lib.paired import score_error_correlation  # noqa: E402
 from rpn_lib.presets import Preset, get_preset  # noqa: E402
-from rpn_lib.replicate import METRICS_FILE, VARIANTS, build_tables  # noqa: E402
+from rpn_lib.replicate import METRICS_FILE, SHIPPED_VS_PEER, VARIANTS, build_tables  # noqa: E402
 from rpn_lib.viz import bench_results as B  # noqa: E402
 from rpn_lib.viz import results as R  # noqa: E402
 
@@ -415,6 +417,22 @@ def test_retinanet_target_uses_the_accuracy_of_table1(planted: tuple[Path, dict]
     assert peer.met is None and "no paired result" in peer.note
     peer = next(c for c in B.check_targets(planted_bench(retina_x=0.5), tables) if c.target.startswith("faster"))
     assert peer.met is False  # slower is a miss whatever the accuracy
+
+
+def test_retinanet_target_prefers_the_shipped_recipe(planted: tuple[Path, dict]) -> None:
+    """When the cube-anchor runs exist, the accuracy condition compares the shipped model's
+    recipe with the peer, not the paper's recipe."""
+    _, tables = planted
+    t = copy.deepcopy(tables)
+    paper_recipe = pair(0.001, 0.5, 1.5, 1.0, "IG-RPN", "MONAI RetinaNet (peer)")  # the peer closer
+    shipped = {**pair(0.4, -0.3, 0.2, -0.05, "IG-RPN, eye sides by handedness, cube anchors", "MONAI RetinaNet (peer)"),
+               "question": SHIPPED_VS_PEER}
+    t["table1"]["paired"] = [paper_recipe, shipped]
+    peer = next(c for c in B.check_targets(planted_bench(retina_x=2.0), t) if c.target.startswith("faster"))
+    assert peer.met is True and "cube anchors" in peer.note and "not significant" in peer.note
+    t["table1"]["paired"] = [paper_recipe, {**shipped, "missing": "no per-landmark results"}]
+    peer = next(c for c in B.check_targets(planted_bench(retina_x=2.0), t) if c.target.startswith("faster"))
+    assert peer.met is False and "MONAI RetinaNet (peer) is closer" in peer.note
 
 
 def test_bench_tables_show_the_planted_numbers() -> None:

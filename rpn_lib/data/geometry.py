@@ -249,3 +249,58 @@ def crop_or_pad_to_shape(
     shift = np.eye(4)
     shift[:3, 3] = start
     return out, np.asarray(affine, dtype=np.float64) @ shift
+
+
+def reorient_axes(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    order: tuple[int, int, int] = (0, 1, 2),
+    flip: tuple[int, ...] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Permute and reverse array axes without moving anything in the world.
+
+    Axis ``i`` of the result is axis ``order[i]`` of the input; then each axis of the result
+    listed in ``flip`` runs backwards. The new affine is chosen so that every voxel keeps its
+    world position: landmarks in world mm stay valid, and no value is interpolated.
+
+    Why it matters: an ultrasound volume's look depends on where the probe is (shadows and
+    attenuation run along the beams), and a network sees the array, not the world. The
+    synthetic volumes of :mod:`rpn_lib.data.synth` put the probe on the low-index side of array
+    axis 0 with the beams along ``+axis 0``, and a model trained on them expects that layout; a
+    volume whose beams run along another axis, or backwards, must be brought to it first
+    (``Detector(..., axis_order=..., flip_axes=...)``, ``rpn-lib detect --axis-order/--flip-axes``).
+
+    Args:
+        volume: ``(D, H, W)`` array.
+        affine: ``(4, 4)`` voxel -> world mm.
+        order: a permutation of ``(0, 1, 2)``.
+        flip: result axes (after ``order``) to reverse, each 0, 1 or 2 at most once.
+
+    Returns:
+        ``(new_volume, new_affine)``; the volume is a copy (contiguous).
+
+    Raises:
+        ValueError: ``order`` is not a permutation or ``flip`` names an axis twice or out of range.
+    """
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"volume must be 3D (D, H, W), got shape {vol.shape}")
+    order_t = tuple(int(a) for a in order)
+    if sorted(order_t) != [0, 1, 2]:
+        raise ValueError(f"order must be a permutation of (0, 1, 2), got {tuple(order)}")
+    flip_t = tuple(int(a) for a in flip)
+    if any(a not in (0, 1, 2) for a in flip_t) or len(set(flip_t)) != len(flip_t):
+        raise ValueError(f"flip must name distinct axes among 0, 1, 2, got {tuple(flip)}")
+    a = check_affine(affine)
+    out = np.transpose(vol, order_t)
+    # new voxel v -> old voxel: old[order[i]] = v[i] (or n_i - 1 - v[i] on a flipped axis)
+    m = np.zeros((4, 4))
+    m[3, 3] = 1.0
+    for i, src in enumerate(order_t):
+        if i in flip_t:
+            m[src, i], m[src, 3] = -1.0, out.shape[i] - 1
+        else:
+            m[src, i] = 1.0
+    if flip_t:
+        out = np.flip(out, axis=flip_t)
+    return np.ascontiguousarray(out), a @ m
