@@ -132,10 +132,7 @@ class Detector:
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "auto", amp: bool = False,
                  pre_nms_top_n: int = 64, keep_candidates: int = 10, channels_last: bool = True,
                  axis_order: tuple[int, int, int] = (0, 1, 2), flip_axes: tuple[int, ...] = ()) -> None:
-        # validated once here (a bad value fails before any volume is read)
-        reorient_axes(np.zeros((1, 1, 1), np.uint8), np.eye(4), axis_order, flip_axes)
-        self.axis_order = tuple(int(a) for a in axis_order)
-        self.flip_axes = tuple(int(a) for a in flip_axes)
+        self.set_orientation(axis_order, flip_axes)
         self.device = resolve_device(device)
         self.loaded = loaded
         self.channels_last = channels_last
@@ -150,6 +147,12 @@ class Detector:
         self.pre_nms_top_n = pre_nms_top_n
         self.keep_candidates = max(keep_candidates, self.eye_pool_size)
         self._anchors: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def set_orientation(self, axis_order: tuple[int, int, int] = (0, 1, 2), flip_axes: tuple[int, ...] = ()) -> None:
+        """Set ``axis_order`` and ``flip_axes`` (see the class), checked now, before any volume is read."""
+        reorient_axes(np.zeros((1, 1, 1), np.uint8), np.eye(4), axis_order, flip_axes)
+        self.axis_order = tuple(int(a) for a in axis_order)
+        self.flip_axes = tuple(int(a) for a in flip_axes)
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "auto", **kw: Any) -> "Detector":

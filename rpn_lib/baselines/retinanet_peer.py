@@ -562,14 +562,17 @@ class RetinaNetPeerDetector(Detector):
         detector: a MONAI ``RetinaNetDetector`` (from :func:`build_retinanet`), trained.
         preset: the preset it was trained with.
         prior: the graph prior fitted on its training landmarks.
-        device, amp, pre_nms_top_n, keep_candidates: as for :class:`~rpn_lib.detect.Detector`.
+        device, amp, pre_nms_top_n, keep_candidates, axis_order, flip_axes: as for
+            :class:`~rpn_lib.detect.Detector`.
         meta: the model file's metadata.
     """
 
     def __init__(self, detector: Any, preset: Preset, prior: GraphPrior, device: str | torch.device = "auto",
                  amp: bool = False, pre_nms_top_n: int = 64, keep_candidates: int = 10,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, axis_order: tuple[int, int, int] = (0, 1, 2),
+                 flip_axes: tuple[int, ...] = ()) -> None:
         # Detector.__init__ reads an rpn_lib model file; set the attributes its methods use.
+        self.set_orientation(axis_order, flip_axes)
         self.device = resolve_device(device)
         self.monai_detector = detector.to(self.device).eval()
         self.model = self.monai_detector.network
