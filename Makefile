@@ -45,14 +45,16 @@ book: install
 	@test -f _build/html/index.html || { echo "error: the book was not built"; exit 1; }
 	@echo "Book built: $$(pwd)/_build/html/index.html"
 
-# Re-create the shipped model from scratch: the synthetic benchmark, then 2,400 steps of the
+# Re-create the shipped model from scratch: the synthetic benchmark, then 3,800 steps of the
 # cpu-small preset in bf16 with seed 0, the eye sides named by the face's handedness (Preset.eye_sides)
-# and the 4 cube anchors per cell (Preset.anchor_layout), about 15 minutes on 2 cores, then its test metrics.
+# and the 4 cube anchors per cell (Preset.anchor_layout), then its test metrics. 3,800 steps fill the
+# detector issue's budget of 20 minutes of training on 2 cores (about 19 minutes measured); the
+# replication (make replicate) trains every configuration for the preset's 2,400.
 MODEL := models/ig-rpn-cpu-small
 model: install
 	@$(VENV)/bin/rpn-lib synth --out data/synth-cpu-small --preset cpu-small --seed 0 --overwrite --no-progress
 	@rm -rf runs/ig-rpn-cpu-small
-	@$(VENV)/bin/rpn-lib train --data data/synth-cpu-small --out runs/ig-rpn-cpu-small --preset cpu-small --steps 2400 --precision bf16 --channels-last --seed 0 --checkpoint-every 200 --eye-sides geometry --anchor-layout cubes
+	@$(VENV)/bin/rpn-lib train --data data/synth-cpu-small --out runs/ig-rpn-cpu-small --preset cpu-small --steps 3800 --precision bf16 --channels-last --seed 0 --checkpoint-every 200 --eye-sides geometry --anchor-layout cubes
 	@mkdir -p $(MODEL) && cp runs/ig-rpn-cpu-small/{model.pt,log.csv,train.json} $(MODEL)/
 	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test.json --no-progress
 	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test_no_prior.json --no-prior --no-progress
