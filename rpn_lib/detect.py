@@ -17,6 +17,7 @@ heatmap peaks as candidates, with a landmark-sized box centred on each: see
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from rpn_lib.errors import DataError
 from rpn_lib.handedness import name_eye_sides, right_direction
 from rpn_lib.landmarks import EYES, LANDMARK_NAMES
 from rpn_lib.methods import CandidateSettings, ClassCandidates, method_from_dict
-from rpn_lib.prior import select_combination
+from rpn_lib.prior import GraphPrior, check_prior_rule, select_combination
 from rpn_lib.train import resolve_device
 
 
@@ -127,12 +128,21 @@ class Detector:
             ``+axis 0``; for volumes whose beams run backwards along axis 0 pass
             ``flip_axes=(0,)``, for beams along axis 2 ``axis_order=(2, 1, 0)``. A model sees
             arrays, not world directions: without this, such volumes look upside down to it.
+        prior_rule: how the graph prior ranks the combinations of candidates: ``"penalty"``
+            (the paper: Eq. 4 alone) or ``"penalty-score"`` (Eq. 4 and the candidates'
+            scores, a deviation; :func:`rpn_lib.prior.combination_cost`). None: the rule the
+            model file records (:func:`rpn_lib.calibrate.calibrate_prior` writes one), else
+            ``"penalty"``.
     """
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "auto", amp: bool = False,
                  pre_nms_top_n: int = 64, keep_candidates: int = 10, channels_last: bool = True,
-                 axis_order: tuple[int, int, int] = (0, 1, 2), flip_axes: tuple[int, ...] = ()) -> None:
+                 axis_order: tuple[int, int, int] = (0, 1, 2), flip_axes: tuple[int, ...] = (),
+                 prior_rule: str | None = None) -> None:
         self.set_orientation(axis_order, flip_axes)
+        if prior_rule is None:
+            prior_rule = loaded.meta.get("prior_rule", "penalty") if isinstance(loaded.meta, dict) else "penalty"
+        self.prior_rule = check_prior_rule(prior_rule)
         self.device = resolve_device(device)
         self.loaded = loaded
         self.channels_last = channels_last
@@ -153,6 +163,16 @@ class Detector:
         reorient_axes(np.zeros((1, 1, 1), np.uint8), np.eye(4), axis_order, flip_axes)
         self.axis_order = tuple(int(a) for a in axis_order)
         self.flip_axes = tuple(int(a) for a in flip_axes)
+
+    def with_prior(self, prior: GraphPrior | None = None, rule: str | None = None) -> "Detector":
+        """A detector that shares this one's network and settings but uses another graph prior
+        and/or prior rule (e.g. :func:`rpn_lib.calibrate.paper_prior` with ``"penalty"``)."""
+        other = copy.copy(self)
+        if prior is not None:
+            other.prior = prior
+        if rule is not None:
+            other.prior_rule = check_prior_rule(rule)
+        return other
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "auto", **kw: Any) -> "Detector":
@@ -272,7 +292,8 @@ class Detector:
             for c, lst in enumerate(cands):
                 for m, cand in enumerate(lst[:limits[c]]):
                     centres[c, m], scores[c, m] = cand.world_mm, cand.score
-            res = select_combination(centres, scores, self.prior, pooled_eyes=self.pooled_eyes)
+            res = select_combination(centres, scores, self.prior, pooled_eyes=self.pooled_eyes,
+                                     rule=self.prior_rule)
             choice = np.asarray(res.choice, dtype=int)
             log_pen: float | None = float(res.log_penalty)
             ranked = [(tuple(int(v) for v in ch), float(lp)) for ch, lp in res.ranked]

@@ -107,6 +107,8 @@ def evaluate(detector: Detector | str | Path, data: str | Path | LandmarkDataset
     metrics["time_ms"] = float(np.median(warm))
     metrics["n_cases"] = n
     metrics["use_prior"] = use_prior
+    if use_prior:
+        metrics["prior_rule"] = det.prior_rule
     metrics["device"] = str(det.device)
     metrics["threads"] = torch.get_num_threads()
     return Evaluation(metrics, ids, dets, pred_boxes, gt_boxes, pred_world, gt_world)

@@ -27,7 +27,8 @@ from rpn_lib.landmarks import EYES, FLIP_PERMUTATION, LANDMARK_NAMES, NUM_LANDMA
 
 __all__ = [
     "EDGES", "RATIOS", "RatioDef", "RATIO_NAMES", "edge_lengths", "compute_ratios", "GraphPrior",
-    "PriorResult", "select_combination",
+    "PriorResult", "select_combination", "PRIOR_RULES", "check_prior_rule", "combination_cost",
+    "localisation_sd_from_distances", "MAXWELL_MEDIAN",
 ]
 
 LE, MB, RE, NT, CH = range(NUM_LANDMARKS)  # left eye, middle eyebrow, right eye, nose tip, chin
@@ -40,6 +41,13 @@ landmarks except middle eyebrow - chin (1-4 here, 2-5 in the paper's 1-based num
 longest midline edge, already fixed by eyebrow-nose and nose-chin."""
 
 _SHORT = ("LE", "MB", "RE", "NT", "CH")
+
+PRIOR_RULES: tuple[str, ...] = ("penalty", "penalty-score")
+"""How :func:`select_combination` ranks combinations (:func:`combination_cost`): ``"penalty"``
+is the paper's rule (Sec. 2.3), ``"penalty-score"`` a documented deviation that also counts
+the detector's scores."""
+
+_MIN_SCORE = 1e-12  # floor of a score before its log: a score of 0 costs 27.6, not infinity
 
 
 @dataclass(frozen=True)
@@ -146,12 +154,15 @@ class GraphPrior:
         names: ``R`` ratio names (:data:`RATIO_NAMES`); stored so that a saved prior made with
             another ratio set is rejected.
         n_samples: number of landmark sets the prior was fitted on.
+        localisation_sd_mm: the localisation noise the Gaussians include, per axis in mm
+            (:meth:`fit`); 0 for the paper's prior, fitted on the true landmarks alone.
     """
 
     mu: np.ndarray
     sigma: np.ndarray
     names: tuple[str, ...] = RATIO_NAMES
     n_samples: int = 0
+    localisation_sd_mm: float = 0.0
 
     def __post_init__(self) -> None:
         self.mu = np.asarray(self.mu, dtype=np.float64)
@@ -164,37 +175,61 @@ class GraphPrior:
             raise ValueError(f"prior made for ratios {self.names}, this library uses {RATIO_NAMES}")
         if not (np.all(np.isfinite(self.mu)) and np.all(np.isfinite(self.sigma)) and np.all(self.sigma > 0)):
             raise ValueError("mu must be finite and sigma finite and positive")
+        self.localisation_sd_mm = float(self.localisation_sd_mm)
+        if not (np.isfinite(self.localisation_sd_mm) and self.localisation_sd_mm >= 0):
+            raise ValueError(f"localisation_sd_mm must be finite and >= 0, got {self.localisation_sd_mm}")
 
     @classmethod
-    def fit(cls, landmarks: np.ndarray, min_sigma: float = 1e-3) -> "GraphPrior":
-        """Fit a Gaussian to each ratio of ``landmarks`` ``(N, 5, 3)`` (training set).
+    def fit(cls, landmarks: np.ndarray, min_sigma: float = 1e-3, localisation_sd_mm: float = 0.0,
+            draws: int = 32, seed: int = 0) -> "GraphPrior":
+        """Fit a Gaussian to each ratio of ``landmarks`` ``(N, 5, 3)`` (training set, mm).
 
         ``sigma`` is the sample standard deviation (``ddof = 1``; 0 for one sample), floored at
         ``min_sigma`` (ratios are dimensionless, ~0.1 to 2) so that a ratio that never varies
         in the training data cannot make the penalty infinitely sharp.
+
+        ``localisation_sd_mm > 0`` (a deviation from the paper, which fits the true landmarks):
+        the Gaussians describe the ratios of *detected* landmarks, each off its true place by
+        isotropic normal noise of this standard deviation per axis. The fit then uses
+        ``draws`` noisy copies of every training set (Monte Carlo, seeded by ``seed``, so the
+        fit is reproducible). Why: the prior scores detections, not true points. Fitted on the
+        true points of faces that vary little, a ratio's ``sigma`` can be smaller than what a
+        2-3 mm localisation error does to it, and Eq. 4 then ranks combinations by detection
+        noise (chapter *The graph prior* measures this). :func:`localisation_sd_from_distances`
+        estimates the noise from a detector's errors; ``landmarks`` must be in mm for it.
         """
         p = np.asarray(landmarks, dtype=np.float64)
         if p.ndim != 3 or p.shape[1:] != (NUM_LANDMARKS, 3) or p.shape[0] == 0:
             raise ValueError(f"landmarks must have shape (N >= 1, {NUM_LANDMARKS}, 3), got {p.shape}")
         if not np.all(np.isfinite(p)):
             raise ValueError("landmarks contain NaN or infinite values")
-        r = compute_ratios(p)
+        if not (np.isfinite(localisation_sd_mm) and localisation_sd_mm >= 0):
+            raise ValueError(f"localisation_sd_mm must be finite and >= 0, got {localisation_sd_mm}")
+        if localisation_sd_mm > 0:
+            if draws < 1:
+                raise ValueError(f"draws must be >= 1, got {draws}")
+            rng = np.random.default_rng(seed)
+            noisy = p[None] + rng.normal(0.0, localisation_sd_mm, (draws,) + p.shape)
+            r = compute_ratios(noisy.reshape(-1, NUM_LANDMARKS, 3))
+        else:
+            r = compute_ratios(p)
         mu = r.mean(axis=0)
         sigma = r.std(axis=0, ddof=1) if len(r) > 1 else np.zeros_like(mu)
-        return cls(mu, np.maximum(sigma, min_sigma), RATIO_NAMES, int(len(r)))
+        return cls(mu, np.maximum(sigma, min_sigma), RATIO_NAMES, int(len(p)), float(localisation_sd_mm))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (stored in the model file)."""
         return {"ratios": list(self.names), "mu": self.mu.tolist(), "sigma": self.sigma.tolist(),
-                "n_samples": self.n_samples, "edges": [list(e) for e in EDGES],
-                "landmarks": list(LANDMARK_NAMES)}
+                "n_samples": self.n_samples, "localisation_sd_mm": self.localisation_sd_mm,
+                "edges": [list(e) for e in EDGES], "landmarks": list(LANDMARK_NAMES)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GraphPrior":
         """Inverse of :meth:`to_dict`; a prior made with other edges or ratios raises ValueError."""
         if "edges" in d and [tuple(e) for e in d["edges"]] != list(EDGES):
             raise ValueError(f"prior made for edges {d['edges']}, this library uses {list(EDGES)}")
-        return cls(np.asarray(d["mu"]), np.asarray(d["sigma"]), tuple(d["ratios"]), int(d.get("n_samples", 0)))
+        return cls(np.asarray(d["mu"]), np.asarray(d["sigma"]), tuple(d["ratios"]), int(d.get("n_samples", 0)),
+                   float(d.get("localisation_sd_mm", 0.0)))
 
     def log_penalty_from_ratios(self, ratios: np.ndarray) -> np.ndarray:
         """Eq. 4 in log space: ``log(sum_i sigma_i * exp((r_i - mu_i)^2 / (2 sigma_i^2)))``.
@@ -216,6 +251,65 @@ class GraphPrior:
         """Eq. 4 penalty itself, ``exp`` of :meth:`log_penalty` (``inf`` when it overflows)."""
         with np.errstate(over="ignore"):
             return np.exp(self.log_penalty(landmarks))
+
+
+MAXWELL_MEDIAN = 1.5381722
+"""Median of the length of a 3D vector of independent standard normal components (the
+Maxwell distribution with scale 1): ``sqrt(2 * gammaincinv(1.5, 0.5))``."""
+
+
+def localisation_sd_from_distances(distances_mm: np.ndarray) -> float:
+    """Per-axis standard deviation of isotropic normal localisation noise, from the distances
+    of detected landmarks to the true ones (any shape, mm): ``median / 1.538``.
+
+    Under that noise a distance follows a Maxwell distribution whose median is
+    :data:`MAXWELL_MEDIAN` times the per-axis standard deviation. The median, not the mean,
+    so that the few landmarks found on the wrong structure (tens of mm off), which the noise
+    model does not describe, do not inflate it.
+    """
+    d = np.asarray(distances_mm, dtype=np.float64).ravel()
+    if d.size == 0 or not np.all(np.isfinite(d)) or np.any(d < 0):
+        raise ValueError("need at least one finite, non-negative distance")
+    return float(np.median(d) / MAXWELL_MEDIAN)
+
+
+def check_prior_rule(rule: str) -> str:
+    """``rule`` itself when it is one of :data:`PRIOR_RULES`, else ``ValueError``."""
+    if rule not in PRIOR_RULES:
+        raise ValueError(f"prior rule must be one of {PRIOR_RULES}, got {rule!r}")
+    return rule
+
+
+def combination_cost(log_penalty: np.ndarray, scores: np.ndarray, rule: str = "penalty") -> np.ndarray:
+    """What :func:`select_combination` minimises, per combination.
+
+    Args:
+        log_penalty: ``(C,)`` log of Eq. 4 of each combination (:meth:`GraphPrior.log_penalty`).
+        scores: ``(C, 5)`` the detector's scores (class probabilities) of each combination's
+            five candidates.
+        rule: ``"penalty"``: the paper's rule (Sec. 2.3, "the combination with the lowest
+            L_penalty is treated as our final prediction"): ``log L_penalty``, the scores
+            left out. ``"penalty-score"`` (a deviation): ``log L_penalty - sum_k log s_k``.
+
+    Why the deviation. The paper's rule ignores how sure the detector is: a second candidate
+    with a score of 0.02 replaces a first one of 0.99 whenever it makes the face's ratios
+    slightly more typical (chapter *The graph prior* shows such swaps on the shipped model).
+    Eq. 4 sums the reciprocals of the ratios' normal densities (up to a factor), so
+    ``log L_penalty`` acts as a negative log-likelihood of the face's shape, led by its least
+    typical ratio; ``-log s_k`` is the negative log-probability the detector gives box ``k``.
+    Their sum ranks shape and boxes together, the usual way to combine a shape prior with
+    detections, and has no parameter to tune. A swap must now pay for its loss of score with
+    a more plausible face: a box of 0.02 instead of 0.99 costs ``log(0.99 / 0.02) = 3.9``,
+    the log-penalty of a ratio about 2.8 standard deviations off.
+
+    Returns:
+        ``(C,)`` cost; lower is better.
+    """
+    lp = np.asarray(log_penalty, dtype=np.float64)
+    if check_prior_rule(rule) == "penalty":
+        return lp
+    s = np.clip(np.asarray(scores, dtype=np.float64), _MIN_SCORE, None)
+    return lp - np.log(s).sum(axis=-1)
 
 
 @dataclass
@@ -250,13 +344,16 @@ def _pooled_eye_combinations(options: list[np.ndarray]) -> np.ndarray:
 
 
 def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior: GraphPrior,
-                       pooled_eyes: bool = False) -> PriorResult:
+                       pooled_eyes: bool = False, rule: str = "penalty") -> PriorResult:
     """Pick one candidate per landmark with the graph prior (Sec. 2.3).
 
     Every combination of one candidate per class is scored by Eq. 4 (:meth:`GraphPrior.
-    log_penalty`); the lowest penalty wins, ties broken by the higher sum of candidate scores,
-    then by enumeration order (candidate 0 of each class first). With the top-2 candidates of
-    5 classes there are ``2^5 = 32`` combinations (NOTES item 2: the paper's "25" is a slip).
+    log_penalty`); with ``rule="penalty"`` (the paper) the lowest penalty wins, with
+    ``rule="penalty-score"`` the lowest penalty once the candidates' scores are counted
+    (:func:`combination_cost` says how, and why). Ties are broken by the higher sum of
+    candidate scores, then by enumeration order (candidate 0 of each class first). With the
+    top-2 candidates of 5 classes there are ``2^5 = 32`` combinations (NOTES item 2: the
+    paper's "25" is a slip).
 
     Args:
         cand_centres: ``(5, k, 3)`` candidate centres, world mm or isotropic voxels (the frame
@@ -265,6 +362,7 @@ def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior:
             contributes fewer combinations.
         cand_scores: ``(5, k)`` candidate scores (class probabilities).
         prior: fitted :class:`GraphPrior`.
+        rule: ``"penalty"`` or ``"penalty-score"`` (:data:`PRIOR_RULES`).
         pooled_eyes: ``Preset.eye_sides == "geometry"``: the two eye classes hold the same
             candidates (places of "an eye"). Each combination then takes two different ones,
             and the face's handedness (:func:`rpn_lib.handedness.name_eye_sides`, from the
@@ -273,8 +371,9 @@ def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior:
             ``k (k - 1) / 2`` eye pairs.
 
     Raises:
-        ValueError: a class has no candidate at all.
+        ValueError: a class has no candidate at all, or an unknown ``rule``.
     """
+    check_prior_rule(rule)
     c = np.asarray(cand_centres, dtype=np.float64)
     s = np.asarray(cand_scores, dtype=np.float64)
     if c.ndim != 3 or c.shape[0] != NUM_LANDMARKS or c.shape[2] != 3 or s.shape != c.shape[:2]:
@@ -296,8 +395,9 @@ def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior:
         combos = np.array(list(itertools.product(*options)), dtype=np.int64)  # (C, 5)
     pts = c[rows[None, :], combos]  # (C, 5, 3)
     lp = prior.log_penalty(pts)  # (C,)
-    score_sum = s[rows[None, :], combos].sum(axis=1)
-    order = np.lexsort((np.arange(len(combos)), -score_sum, lp))
+    combo_scores = s[rows[None, :], combos]  # (C, 5)
+    cost = combination_cost(lp, combo_scores, rule)
+    order = np.lexsort((np.arange(len(combos)), -combo_scores.sum(axis=1), cost))
     ranked = [(tuple(int(v) for v in combos[i]), float(lp[i])) for i in order]
     best = combos[order[0]]
     return PriorResult(best.copy(), pts[order[0]].copy(), float(lp[order[0]]), ranked)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rpn_lib.prior import (EDGES, RATIO_NAMES, RATIOS, GraphPrior, compute_ratios, edge_lengths,
+from rpn_lib.prior import (EDGES, MAXWELL_MEDIAN, PRIOR_RULES, RATIO_NAMES, RATIOS, GraphPrior,
+                           combination_cost, compute_ratios, edge_lengths, localisation_sd_from_distances,
                            select_combination)
 
 # A plausible fetal face in mm: eyes at +-17 (axis 0), eyebrow, nose tip, chin on the midline.
@@ -173,3 +174,82 @@ def test_missing_candidates_and_ties(prior: GraphPrior) -> None:
     cands[0] = np.nan
     with pytest.raises(ValueError, match="left_eye"):
         select_combination(cands, scores, prior)
+
+
+def test_combination_cost_rules_by_hand() -> None:
+    lp = np.array([2.0, 1.0])
+    scores = np.array([[0.99] * 5, [0.99, 0.99, 0.02, 0.99, 0.99]])
+    np.testing.assert_array_equal(combination_cost(lp, scores, "penalty"), lp)  # the paper: Eq. 4 alone
+    want = lp - np.log(scores).sum(axis=1)
+    np.testing.assert_allclose(combination_cost(lp, scores, "penalty-score"), want, rtol=1e-12)
+    # a 0.02 box instead of a 0.99 one costs log(0.99 / 0.02) = 3.90 more than the log penalty gains
+    assert combination_cost(lp, scores, "penalty-score").argmin() == 0
+    assert combination_cost(lp, scores, "penalty").argmin() == 1
+    zero = combination_cost(np.array([0.0]), np.zeros((1, 5)), "penalty-score")  # score 0: floored, finite
+    assert np.isfinite(zero).all() and zero[0] > 100
+    with pytest.raises(ValueError, match="prior rule"):
+        combination_cost(lp, scores, "lowest")
+    assert PRIOR_RULES == ("penalty", "penalty-score")
+
+
+def test_score_aware_rule_keeps_confident_boxes_and_still_rejects_gross_errors(prior: GraphPrior) -> None:
+    rng = np.random.default_rng(3)
+    face = random_faces(1, rng, noise_mm=0.0)[0]
+    # candidate 0: the truth with 2 mm of noise, scored 0.99; candidate 1: 4 mm off, scored 0.02
+    cands = np.stack([face + rng.normal(0, 1.2, face.shape), face + rng.normal(0, 2.3, face.shape)], axis=1)
+    scores = np.tile([0.99, 0.02], (5, 1))
+    paper = select_combination(cands, scores, prior, rule="penalty")
+    aware = select_combination(cands, scores, prior, rule="penalty-score")
+    cost = combination_cost(np.array([lp for _, lp in paper.ranked]),
+                            scores[np.arange(5), np.array([c for c, _ in paper.ranked])], "penalty-score")
+    best = paper.ranked[int(np.argmin(cost))][0]
+    assert aware.choice.tolist() == list(best)  # select_combination minimises combination_cost
+    # the paper's rule swaps two 0.99 boxes for 0.02 ones to make the face slightly more typical
+    assert paper.choice.tolist() == [1, 0, 0, 0, 1]
+    assert aware.choice.tolist() == [0] * 5 and aware.log_penalty > paper.log_penalty
+    # a top-1 that sits on another landmark is still rejected: its ratios are far off
+    cands2 = np.stack([face, face], axis=1).copy()
+    cands2[4, 0] = face[3] + 1.0  # the top-1 chin lies on the nose tip
+    s2 = np.tile([0.9, 0.3], (5, 1))
+    assert select_combination(cands2, s2, prior, rule="penalty-score").choice[4] == 1
+    with pytest.raises(ValueError, match="prior rule"):
+        select_combination(cands, scores, prior, rule="score")
+
+
+def test_noise_aware_fit_widens_the_gaussians() -> None:
+    faces = random_faces(200, np.random.default_rng(1), noise_mm=0.5)
+    plain = GraphPrior.fit(faces)
+    same = GraphPrior.fit(faces, localisation_sd_mm=0.0)
+    np.testing.assert_array_equal(plain.sigma, same.sigma)
+    noisy = GraphPrior.fit(faces, localisation_sd_mm=2.0, draws=16, seed=0)
+    assert np.all(noisy.sigma > plain.sigma)
+    assert noisy.n_samples == 200 and noisy.localisation_sd_mm == 2.0
+    # independent check: the variance of a ratio under noise is about the face variance plus the noise's
+    r_noisy = compute_ratios(faces[None] + np.random.default_rng(9).normal(0, 2.0, (16,) + faces.shape))
+    np.testing.assert_allclose(noisy.sigma, r_noisy.reshape(-1, len(RATIOS)).std(0, ddof=1), rtol=0.1)
+    # reproducible, and saved with the model
+    again = GraphPrior.fit(faces, localisation_sd_mm=2.0, draws=16, seed=0)
+    np.testing.assert_array_equal(again.sigma, noisy.sigma)
+    back = GraphPrior.from_dict(json.loads(json.dumps(noisy.to_dict())))
+    assert back.localisation_sd_mm == 2.0
+    old = noisy.to_dict()
+    del old["localisation_sd_mm"]  # a model file written before the option: the paper's prior
+    assert GraphPrior.from_dict(old).localisation_sd_mm == 0.0
+    with pytest.raises(ValueError):
+        GraphPrior.fit(faces, localisation_sd_mm=-1.0)
+    with pytest.raises(ValueError):
+        GraphPrior.fit(faces, localisation_sd_mm=1.0, draws=0)
+
+
+def test_localisation_sd_from_distances_recovers_the_noise() -> None:
+    from scipy.special import gammaincinv
+
+    assert MAXWELL_MEDIAN == pytest.approx(np.sqrt(2 * gammaincinv(1.5, 0.5)), rel=1e-6)
+    err = np.random.default_rng(4).normal(0, 1.7, (20000, 3))
+    d = np.linalg.norm(err, axis=1)
+    assert localisation_sd_from_distances(d) == pytest.approx(1.7, rel=0.02)
+    d[:500] = 80.0  # 2.5 % of the landmarks on the wrong structure barely move it
+    assert localisation_sd_from_distances(d) == pytest.approx(1.7, rel=0.06)
+    for bad in ([], [1.0, np.nan], [-1.0]):
+        with pytest.raises(ValueError):
+            localisation_sd_from_distances(np.array(bad))

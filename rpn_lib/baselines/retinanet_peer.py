@@ -92,7 +92,7 @@ from rpn_lib.fileio import atomic_write, atomic_write_json
 from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.methods import CandidateSettings, ClassCandidates
-from rpn_lib.prior import GraphPrior
+from rpn_lib.prior import GraphPrior, check_prior_rule
 from rpn_lib.train import (
     RunningLog,
     TrainingSet,
@@ -562,7 +562,7 @@ class RetinaNetPeerDetector(Detector):
         detector: a MONAI ``RetinaNetDetector`` (from :func:`build_retinanet`), trained.
         preset: the preset it was trained with.
         prior: the graph prior fitted on its training landmarks.
-        device, amp, pre_nms_top_n, keep_candidates, axis_order, flip_axes: as for
+        device, amp, pre_nms_top_n, keep_candidates, axis_order, flip_axes, prior_rule: as for
             :class:`~rpn_lib.detect.Detector`.
         meta: the model file's metadata.
     """
@@ -570,9 +570,10 @@ class RetinaNetPeerDetector(Detector):
     def __init__(self, detector: Any, preset: Preset, prior: GraphPrior, device: str | torch.device = "auto",
                  amp: bool = False, pre_nms_top_n: int = 64, keep_candidates: int = 10,
                  meta: dict[str, Any] | None = None, axis_order: tuple[int, int, int] = (0, 1, 2),
-                 flip_axes: tuple[int, ...] = ()) -> None:
+                 flip_axes: tuple[int, ...] = (), prior_rule: str = "penalty") -> None:
         # Detector.__init__ reads an rpn_lib model file; set the attributes its methods use.
         self.set_orientation(axis_order, flip_axes)
+        self.prior_rule = check_prior_rule(prior_rule)
         self.device = resolve_device(device)
         self.monai_detector = detector.to(self.device).eval()
         self.model = self.monai_detector.network

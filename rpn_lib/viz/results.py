@@ -743,8 +743,10 @@ def answer_heatmap(tables: Mapping[str, Any], alpha: float = ALPHA) -> list[str]
            f"IG-RPN vs Heatmap, {_time_ratio(rpn, hm)} ({_paper_time_ratio(rpn, hm)})."]
     ta, tb = rpn["mean"].get("time_ms"), hm["mean"].get("time_ms")
     if ta is not None and tb is not None:
+        accuracy = {"a": "less accurate", "b": "more accurate"}.get(pair_verdict(pair, alpha),
+                                                                     "not shown to differ in accuracy")
         out.append(f"Heatmap regression is {'slower' if tb > ta else 'not slower'} than IG-RPN here "
-                   f"and {'less accurate' if pair_verdict(pair, alpha) == 'a' else 'not shown to be less accurate'}.")
+                   f"and {accuracy}.")
     return out
 
 
