@@ -502,3 +502,19 @@ def test_a_peer_left_out_is_reported_not_judged() -> None:
         r["peers"] = [pe for pe in r["peers"] if pe["name"] != "retinanet"]
     (row,) = [c for c in B.check_targets(bench) if c.target.startswith("faster than")]
     assert row.met is None and row.where == "not in this file"
+
+
+@pytest.mark.parametrize("p, lo, hi, diff, word", [
+    (0.001, -1.5, -0.5, -1.0, "less accurate"),   # IG-RPN closer: heatmap less accurate
+    (0.001, 0.5, 1.5, 1.0, "more accurate"),      # heatmap closer (as on this benchmark)
+    (0.5, -0.5, 0.5, 0.0, "not shown to differ in accuracy"),
+])
+def test_heatmap_answer_names_the_direction_of_accuracy(p: float, lo: float, hi: float, diff: float, word: str) -> None:
+    def row(label: str, ms: float) -> dict:
+        return {"label": label, "n_seeds": 3, "mean": {"time_ms": ms}, "paper": {"d_mean_mm": None}}
+
+    tables = {"table1": {"rows": [row("IG-RPN", 100.0), row("Heatmap", 300.0)],
+                         "paired": [pair(p, lo, hi, diff, "IG-RPN", "Heatmap")]},
+              "table2": {"rows": [], "paired": []}}
+    last = R.answer_heatmap(tables)[-1]
+    assert last == f"Heatmap regression is slower than IG-RPN here and {word}."
