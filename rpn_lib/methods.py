@@ -282,7 +282,7 @@ class RPNMethod(Method):
     def candidates(self, model: nn.Module, out: RPNOutput, index: int, preset: Preset,
                    settings: CandidateSettings) -> ClassCandidates:
         anchors = self.anchors(out.feature_shape, model.stride, preset, out.cls_logits.device)
-        per_class = select_candidates(out.cls_logits[index].float(), out.box_deltas[index].float(), anchors,
+        per_class = select_candidates(out.cls_logits[index], out.box_deltas[index], anchors,
                                       box_coder(preset), pre_nms_top_n=settings.pre_nms_top_n, nms_iou=settings.nms_iou,
                                       top_k=settings.keep,
                                       pool_eyes=preset.eye_sides == "geometry")

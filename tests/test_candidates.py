@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rpn_lib.anchors import anchor_grid
 from rpn_lib.boxes import BoxCoder, nms
-from rpn_lib.candidates import select_candidates
+from rpn_lib.candidates import select_candidates, top_class_probabilities
+from rpn_lib.landmarks import EYES
 
 K = 5
 
@@ -76,3 +78,48 @@ def test_few_anchors() -> None:
     anchors = anchor_grid((1, 1, 1), 4, (8.0,))  # a single anchor
     out = select_candidates(planted(1), torch.zeros(1, 6), anchors, BoxCoder(), pre_nms_top_n=64, top_k=2)
     assert all(b.shape == (1, 6) for b, _, _ in out)
+
+
+def reference_top(logits: torch.Tensor, top_n: int, pool_eyes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain computation: softmax over classes, then one topk over all anchors."""
+    probs = torch.softmax(logits.float(), dim=1)[:, 1:].T.clone()
+    if pool_eyes:
+        probs[EYES[0]] = probs[EYES[1]] = probs[EYES[0]] + probs[EYES[1]]
+    return torch.topk(probs, top_n, dim=1)
+
+
+@pytest.mark.parametrize("n", [4096, 4096 + 6, 37, 64])  # block of 64, of 2 (gcd), of 1, one block
+@pytest.mark.parametrize("pool_eyes", [False, True])
+def test_top_class_probabilities_matches_softmax_topk(n: int, pool_eyes: bool) -> None:
+    g = torch.Generator().manual_seed(n)
+    logits = torch.randn(n, K + 1, generator=g) * 3
+    logits[:, 0] += 4
+    top_n = min(16, n)
+    values, indices = top_class_probabilities(logits, top_n, pool_eyes)
+    ref = reference_top(logits, top_n, pool_eyes)
+    assert values.shape == indices.shape == (K, top_n) and values.dtype == torch.float32
+    assert torch.equal(indices, ref.indices)  # continuous values: no ties
+    torch.testing.assert_close(values, ref.values)
+
+
+def test_top_class_probabilities_ties_and_bf16() -> None:
+    """bf16 logits take few distinct values: many probabilities tie. The kept values are the
+    true top values, ties are ordered by anchor index, and every index carries its value."""
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(8192, K + 1, generator=g)).round().bfloat16()  # integers: heavy ties
+    values, indices = top_class_probabilities(logits, 32)
+    ref = reference_top(logits, 32)
+    torch.testing.assert_close(values, ref.values)
+    probs = torch.softmax(logits.float(), dim=1)[:, 1:].T
+    torch.testing.assert_close(torch.gather(probs, 1, indices), values)
+    for c in range(K):
+        same = values[c][1:] == values[c][:-1]
+        assert bool((indices[c][1:][same] > indices[c][:-1][same]).all())
+        assert indices[c].unique().numel() == 32
+
+
+def test_top_class_probabilities_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="top_n"):
+        top_class_probabilities(torch.zeros(10, K + 1), 11)
+    with pytest.raises(ValueError, match="cls_logits"):
+        top_class_probabilities(torch.zeros(10), 1)

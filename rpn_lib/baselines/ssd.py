@@ -172,7 +172,7 @@ class SSDMethod(Method):
     def candidates(self, model: nn.Module, out: SSDOutput, index: int, preset: Preset,
                    settings: CandidateSettings) -> ClassCandidates:
         anchors = self.anchors(out, preset, out.cls_logits.device)
-        per_class = select_candidates(out.cls_logits[index].float(), out.box_deltas[index].float(), anchors,
+        per_class = select_candidates(out.cls_logits[index], out.box_deltas[index], anchors,
                                       box_coder(preset), pre_nms_top_n=settings.pre_nms_top_n, nms_iou=settings.nms_iou,
                                       top_k=settings.keep,
                                       pool_eyes=preset.eye_sides == "geometry")
