@@ -26,6 +26,9 @@ table (:func:`format_report`) and writes the whole result as JSON. What is measu
 - peers on the same volume when their modules are importable (:data:`PEERS`): the baselines
   of :mod:`rpn_lib.baselines` (heatmap regression, SSD, Faster R-CNN) and MONAI's RetinaNet
   (:mod:`rpn_lib.baselines.retinanet_peer`), network and end to end, as ratios to the IG-RPN;
+- the memory allocator side by side: detection latency in a child process with the other
+  setting of :func:`rpn_lib.allocator.retain_freed_memory` (kept freed memory against glibc
+  as it comes), as a ratio;
 - optionally, the accuracy cost of autocast: d-mean of a trained model on a test split in
   fp32 and with autocast (bf16 on CPU, fp16 on CUDA).
 
@@ -40,11 +43,14 @@ import contextlib
 import copy
 import datetime as _dt
 import gc
+import json
 import os
 import platform
 import re
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -55,6 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rpn_lib import allocator
 from rpn_lib.augment import augment
 from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import world_to_voxel
@@ -270,6 +277,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "mkldnn": bool(torch.backends.mkldnn.is_available()), "device": str(device),
         "gpu": None, "cuda": None, "cudnn_allow_tf32": None, "cuda_matmul_allow_tf32": None,
+        "allocator": allocator.allocator_setting(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -882,6 +890,81 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
     return res
 
 
+# --------------------------------------------------------------------------------------------
+# the memory allocator, side by side
+# --------------------------------------------------------------------------------------------
+
+
+def _allocator_label(retained: bool) -> str:
+    return (f"freed memory kept ({allocator.DEFAULT_TOP_PAD_MB} MB top pad)" if retained
+            else "glibc as it comes")
+
+
+def bench_allocator(preset: str, quick: bool, model_path: Path | None, detect_here: dict[str, Any],
+                    device: torch.device, repeats: int = 5, warmup: int = 1, seed: int = 0,
+                    timeout_s: float = 1800.0) -> dict[str, Any]:
+    """Detection latency with the other allocator setting, in a child process, beside this
+    process's ``detect_here`` (:func:`bench_detect` results by precision).
+
+    The setting (:func:`rpn_lib.allocator.retain_freed_memory`) is process-wide and cannot be
+    undone, hence the child. Returns ``here`` and ``other`` (the settings' labels), ``rows``
+    (per precision: end-to-end and network ms of both, ``x_here``: the other's end-to-end time
+    over this process's, above 1 when this process's setting is faster) and ``error`` (the
+    child's failure, else None). Where glibc is absent the comparison is skipped (``error``
+    says so).
+    """
+    here = bool(allocator.allocator_setting()["retain_freed_memory"])
+    res: dict[str, Any] = {"here": _allocator_label(here), "other": _allocator_label(not here), "rows": [], "error": None}
+    if allocator.allocator_setting()["libc"] is None:
+        res["error"] = "not glibc: the setting does not apply"
+        return res
+    spec = {"preset": preset, "quick": quick, "model": str(model_path) if model_path else None,
+            "device": str(device), "precisions": list(detect_here), "repeats": repeats, "warmup": warmup,
+            "seed": seed, "threads": torch.get_num_threads()}
+    env = {**os.environ, allocator.ENV_VAR: "default" if here else "retain"}
+    code = "import sys; from rpn_lib.bench import _allocator_child; _allocator_child(sys.argv[1])"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env, capture_output=True,
+                              text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        res["error"] = f"the child process ran past {timeout_s:.0f} s"
+        return res
+    if proc.returncode != 0:
+        res["error"] = _error(RuntimeError((proc.stderr.strip().splitlines() or ["no message"])[-1]))
+        return res
+    other = json.loads(proc.stdout.strip().splitlines()[-1])
+    for prec, d in detect_here.items():
+        o = other[prec]
+        e_here, e_other = d["end_to_end"]["median_ms"], o["end_to_end"]["median_ms"]
+        res["rows"].append({"precision": prec, "end_to_end_ms_here": e_here, "network_ms_here": d["network_ms"],
+                            "end_to_end_ms_other": e_other, "network_ms_other": o["network_ms"],
+                            "peak_mb_here": d["memory"].get("cpu_peak_rss_mb"),
+                            "peak_mb_other": o["memory"].get("cpu_peak_rss_mb"),
+                            "x_here": _r(e_other / e_here, 3)})
+    return res
+
+
+def _allocator_child(spec_json: str) -> None:
+    """Child of :func:`bench_allocator`: the allocator from ``RPN_LIB_ALLOCATOR``, then the
+    detection latencies of ``spec_json``'s preset, as one JSON line on stdout."""
+    allocator.configure_from_env()
+    spec = json.loads(spec_json)
+    torch.set_num_threads(int(spec["threads"]))
+    dev = resolve_device(spec["device"])
+    preset = quick_preset(spec["preset"]) if spec["quick"] else get_preset(spec["preset"])
+    loaded = load_model(spec["model"]) if spec["model"] else None
+    p = loaded.preset if loaded is not None else preset
+    case = generate_case(spec["seed"], preset.spacing_mm, preset.shape_vox)
+    out = {}
+    for prec in spec["precisions"]:
+        det = (Detector(loaded, device=dev, amp=prec != "fp32") if loaded is not None
+               else untrained_detector(p, device=dev, amp=prec != "fp32", seed=spec["seed"]))
+        out[prec] = bench_detect(det, case.volume, case.affine, spec["repeats"], spec["warmup"])
+        del det
+        gc.collect()
+    print(json.dumps(out))
+
+
 def run_benchmark(presets: Sequence[str] = ("cpu-small", "paper"), model_path: str | Path | None = None,
                   sizes: Sequence[int] | None = None, size_width: int | None = None,
                   repeats: int = 5, warmup: int = 1, train_repeats: int = 3, out: str | Path | None = None,
@@ -975,6 +1058,10 @@ def run_benchmark(presets: Sequence[str] = ("cpu-small", "paper"), model_path: s
         result["presets"][name] = bench_preset(preset, dev, result["matmul_peak"], repeats, warmup, train_repeats,
                                                model_path if name == loaded_name else None, threads, compile, seed,
                                                peers, log)
+        log(f"{name}: allocator")
+        result["presets"][name]["allocator"] = bench_allocator(
+            name, quick, model_path if name == loaded_name else None, result["presets"][name]["detect"], dev,
+            repeats, warmup, seed)
     if sizes:
         log("size scaling")
         result["sizes"] = bench_sizes(sizes, size_width, 4, dev, repeats, warmup)
@@ -1028,13 +1115,20 @@ def _mem(m: dict[str, Any] | None) -> str:
     return s
 
 
+def _allocator_line(a: dict[str, Any] | None) -> str:
+    if not a:
+        return "not recorded"
+    return f"{a['libc'] or 'not glibc'}, {_allocator_label(bool(a['retain_freed_memory'])) if a['libc'] else 'as it comes'}"
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The benchmark result as Markdown tables (also readable as plain fixed-width text)."""
     m, st = result["machine"], result["settings"]
     gpu = f"{m['gpu']} (CUDA {m['cuda']})" if m.get("gpu") else "none"
     out = ["# rpn-lib benchmark", "",
            f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, {m['memory_gb']} GB; GPU: {gpu}; "
-           f"torch {m['torch']}, {m['torch_threads']} threads. Measured {result['created']} in {result['seconds']} s"
+           f"torch {m['torch']}, {m['torch_threads']} threads; allocator: {_allocator_line(m.get('allocator'))}. "
+           f"Measured {result['created']} in {result['seconds']} s"
            f"{' (quick smoke-test scale: not a measurement)' if st['quick'] else ''}.",
            f"Times: median of {st['repeats']} runs after {st['warmup']} warm-up; memory: peak resident set of the "
            "process in MB (/ CUDA max allocated).", ""]
@@ -1079,6 +1173,18 @@ def format_report(result: dict[str, Any]) -> str:
                          _f(pe["x_igrpn_end_to_end"], 2), _g(pe["gflop"]), _mem(pe["memory"]), note])
     out += ["", "## Peers on the same input (fp32, batch 1, ms per volume; x IG-RPN above 1 is slower)", ""]
     out += _table(["preset", "model", "network", "x IG-RPN", "end to end", "x IG-RPN", "GFLOP", "peak MB", "note"], rows)
+    alloc = [(name, r["allocator"]) for name, r in pres.items() if r.get("allocator")]
+    if alloc:
+        a0 = alloc[0][1]
+        out += ["", f"## Allocator (detection end to end, ms per volume; this run: {a0['here']}; "
+                    f"other: {a0['other']}, in a child process; x above 1: this run's setting is faster)", ""]
+        rows = [[name, row["precision"], _f(row["end_to_end_ms_here"]), _f(row["end_to_end_ms_other"]),
+                 _f(row["x_here"], 2), _f(row["network_ms_here"]), _f(row["network_ms_other"]),
+                 _f(row["peak_mb_here"], 0), _f(row["peak_mb_other"], 0), ""]
+                for name, a in alloc for row in a["rows"]]
+        rows += [[name, "", "", "", "", "", "", "", "", a["error"]] for name, a in alloc if a["error"]]
+        out += _table(["preset", "precision", "this run", "other", "x", "network, this run", "network, other",
+                       "peak MB, this run", "peak MB, other", "note"], rows)
     if result.get("sizes"):
         sz = result["sizes"]
         out += ["", f"## Cost against volume size (IG-RPN width {sz['width']}, stride {sz['stride']}, "

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rpn_lib import __version__
+from rpn_lib.allocator import configure_from_env
 from rpn_lib.errors import RpnLibError
 from rpn_lib.presets import ANCHOR_LAYOUTS, EYE_SIDES, PRESETS
 
@@ -602,6 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, argument errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USER_ERROR)
     try:
+        # glibc keeps freed memory instead of page-faulting every big tensor anew (see
+        # rpn_lib.allocator; RPN_LIB_ALLOCATOR=default turns it off)
+        configure_from_env()
         return int(args.func(args))
     except USER_ERRORS as e:
         if args.debug:

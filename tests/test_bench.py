@@ -274,6 +274,16 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
         assert pe["available"] in (True, False) and (pe["available"] or pe["reason"])
         if pe["available"] and not pe["error"]:
             assert pe["x_igrpn_network"] == pytest.approx(pe["network_ms"] / r["detect"]["fp32"]["network_ms"], rel=1e-2)
+        al = r["allocator"]
+        if m["allocator"]["libc"] is None:
+            assert al["error"] and not al["rows"]
+        else:  # the child ran the same detector with the other allocator setting
+            assert al["error"] is None and al["here"] != al["other"]
+            assert [row["precision"] for row in al["rows"]] == ["fp32", "bf16"]
+            for row in al["rows"]:
+                assert row["end_to_end_ms_here"] == r["detect"][row["precision"]]["end_to_end"]["median_ms"]
+                assert row["end_to_end_ms_other"] > 0
+                assert row["x_here"] == pytest.approx(row["end_to_end_ms_other"] / row["end_to_end_ms_here"], rel=1e-2)
     assert [row["size"] for row in res["sizes"]["rows"]] == [16, 24]
     acc = res["accuracy"]
     assert acc["n_cases"] == 1 and acc["amp_precision"] == "bf16"
@@ -282,7 +292,7 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
     table = md.read_text()
     assert table in printed and f"wrote {out} and {md}" in printed
     for heading in ("Detection latency", "hardware limit", "Training step", "Levers", "Peers", "volume size",
-                    "autocast"):
+                    "autocast", "Allocator"):
         assert heading in table
     assert not list(out.parent.glob(".*tmp*"))  # atomic writes leave no temporary file
 
