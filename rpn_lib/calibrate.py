@@ -32,7 +32,7 @@ from rpn_lib.detect import Detector
 from rpn_lib.evaluate import evaluate
 from rpn_lib.prior import GraphPrior, check_prior_rule, localisation_sd_from_distances
 
-__all__ = ["PriorCalibration", "calibrate_prior", "paper_prior"]
+__all__ = ["PriorCalibration", "calibrate_prior", "calibrated_prior", "paper_prior"]
 
 
 @dataclass
@@ -47,7 +47,7 @@ class PriorCalibration:
         mean_error_mm: mean of the same distances (outliers included).
         n_cases: volumes measured.
         split: the split measured (None: every case).
-        out: the model file written.
+        out: the model file written (None: :func:`calibrated_prior`, which writes none).
     """
 
     prior: GraphPrior
@@ -57,7 +57,7 @@ class PriorCalibration:
     mean_error_mm: float
     n_cases: int
     split: str | None
-    out: Path
+    out: Path | None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (stored in the model file's metadata as ``prior_calibration``, with
@@ -97,18 +97,32 @@ def calibrate_prior(model: str | Path, data: str | Path | LandmarkDataset, out: 
     """
     check_prior_rule(rule)
     loaded = load_model(model)
-    det = Detector(loaded, device=device)
+    result = calibrated_prior(Detector(loaded, device=device), data, split, rule, progress, seed, out=Path(out))
+    previous = loaded.meta.get("prior_calibration", {}).get("previous_prior", loaded.prior.to_dict())
+    meta = {**loaded.meta, "prior_rule": rule, "prior_calibration": {**result.to_dict(), "previous_prior": previous}}
+    save_model(Path(out), loaded.model, loaded.preset, result.prior, tuple(loaded.label_names), meta)
+    return result
+
+
+def calibrated_prior(detector: Detector, data: str | Path | LandmarkDataset, split: str | None = "train",
+                     rule: str = "penalty-score", progress: bool = True, seed: int = 0,
+                     out: Path | None = None) -> PriorCalibration:
+    """The measurement and refit of :func:`calibrate_prior` for any detector (e.g. the MONAI
+    peer's ``RetinaNetPeerDetector``), without writing a file: use the result with
+    ``detector.with_prior(result.prior, result.rule)``.
+
+    The detector's localisation error is measured on ``split`` of ``data`` (top-scoring
+    candidate per class, no prior), and the Gaussians refitted on that split's true landmarks
+    with that noise included (``GraphPrior.fit(..., localisation_sd_mm=...)``).
+    """
+    check_prior_rule(rule)
     ds = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split=split)
-    ev = evaluate(det, ds, split=split, use_prior=False, progress=progress)
+    ev = evaluate(detector, ds, split=split, use_prior=False, progress=progress)
     dist = np.linalg.norm(ev.pred_world - ev.gt_world, axis=-1)
     sd = localisation_sd_from_distances(dist)
     prior = GraphPrior.fit(ev.gt_world, localisation_sd_mm=sd, draws=_DRAWS, seed=seed)
-    out = Path(out)
-    result = PriorCalibration(prior, rule, sd, float(np.median(dist)), float(dist.mean()), len(ev.case_ids), split, out)
-    previous = loaded.meta.get("prior_calibration", {}).get("previous_prior", loaded.prior.to_dict())
-    meta = {**loaded.meta, "prior_rule": rule, "prior_calibration": {**result.to_dict(), "previous_prior": previous}}
-    save_model(out, loaded.model, loaded.preset, prior, tuple(loaded.label_names), meta)
-    return result
+    return PriorCalibration(prior, rule, sd, float(np.median(dist)), float(dist.mean()), len(ev.case_ids), split,
+                            out)
 
 
 def paper_prior(loaded: LoadedModel) -> GraphPrior:

@@ -452,6 +452,25 @@ def test_bench_tables_show_the_planted_numbers() -> None:
     assert targets[1][4] in ("met", "NOT met", "not decided")
 
 
+def test_allocator_rows_orient_the_comparison() -> None:
+    """Whichever setting the run had, ``kept`` is the freed-memory-kept time."""
+    bench = planted_bench()
+    assert B.allocator_rows(bench) == []  # files from before the allocator table
+    row = {"precision": "fp32", "end_to_end_ms_here": 100.0, "network_ms_here": 90.0, "end_to_end_ms_other": 150.0,
+           "network_ms_other": 140.0, "peak_mb_here": 500.0, "peak_mb_other": 400.0, "x_here": 1.5}
+    bench["presets"]["paper"]["allocator"] = {"here": "freed memory kept (1024 MB top pad)", "other": "glibc as it comes",
+                                              "rows": [row], "error": None}
+    r = B.allocator_rows(bench)[0]
+    assert (r["kept"], r["plain"], r["speedup"], r["peak_kept"]) == (100.0, 150.0, 1.5, 500.0)
+    bench["presets"]["paper"]["allocator"].update(here="glibc as it comes", other="freed memory kept (1024 MB top pad)")
+    r = B.allocator_rows(bench)[0]
+    assert (r["kept"], r["plain"], r["network_kept"], r["peak_plain"]) == (150.0, 100.0, 140.0, 500.0)
+    assert r["speedup"] == pytest.approx(100 / 150)
+    assert ["paper", "fp32", "100.0", "150.0", "0.67×"] == cells(B.allocator_html(bench))[1][:5]
+    bench["machine"]["allocator"] = {"libc": "glibc 2.36", "retain_freed_memory": True, "top_pad_mb": 1024}
+    assert "keeping up to 1024 MB of freed memory" in B.machine_text(bench)
+
+
 def test_spread_of_repeated_timings() -> None:
     bench = planted_bench()
     e = bench["presets"]["cpu-small"]["detect"]["fp32"]["end_to_end"]

@@ -25,7 +25,7 @@ from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 __all__ = [
     "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
-    "levers_html", "describe_lever", "peers_html", "plot_peers", "accuracy_text", "TargetCheck",
+    "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "plot_peers", "accuracy_text", "TargetCheck",
     "check_targets", "targets_html",
 ]
 
@@ -41,6 +41,11 @@ def machine_text(bench: Mapping[str, Any]) -> str:
             f"oneDNN {'available' if m.get('mkldnn') else 'not available'}; Python {m['python']}. Times are medians of "
             f"{st['repeats']} run{'s' if st['repeats'] != 1 else ''} after {st['warmup']} warm-up; the whole benchmark "
             f"took {bench['seconds']} s. Model at cpu-small: {st['model'] or 'random weights'}.")
+    a = m.get("allocator")
+    if a:
+        text += (f" Memory allocator: {a['libc'] or 'not glibc'}"
+                 + (f", keeping up to {a['top_pad_mb']} MB of freed memory (rpn_lib.allocator)."
+                    if a.get("retain_freed_memory") else ", as it comes."))
     if st.get("quick"):
         text += (" This file was written with --quick (tiny volumes, one run each): a smoke test of the code, "
                  "not a measurement; the verdicts below say nothing about the real speed.")
@@ -295,6 +300,39 @@ def describe_lever(row: Mapping[str, Any]) -> str:
     if abs(x - 1) < 0.05:
         return f"{row['label']}: {x:.2f}× the baseline time (no real change)"
     return f"{row['label']}: {x:.2f}× the baseline time ({1 / x:.1f}× {'faster' if x < 1 else 'slower'})"
+
+
+def allocator_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The allocator comparison of each preset and precision (files without it: no rows).
+
+    Keys: ``preset``, ``precision``, ``kept`` and ``plain`` (end-to-end ms with freed memory
+    kept, :func:`rpn_lib.allocator.retain_freed_memory`, and with glibc as it comes),
+    ``network_kept``, ``network_plain`` (ms), ``peak_kept``, ``peak_plain`` (MB) and
+    ``speedup`` = plain / kept (above 1: keeping freed memory is faster).
+    """
+    out = []
+    for name, r in bench["presets"].items():
+        a = r.get("allocator")
+        if not a or not a.get("rows"):
+            continue
+        kept_here = a["here"].startswith("freed memory kept")
+        for row in a["rows"]:
+            h = (row["end_to_end_ms_here"], row["network_ms_here"], row.get("peak_mb_here"))
+            o = (row["end_to_end_ms_other"], row["network_ms_other"], row.get("peak_mb_other"))
+            kept, plain = (h, o) if kept_here else (o, h)
+            out.append({"preset": name, "precision": row["precision"], "kept": kept[0], "plain": plain[0],
+                        "network_kept": kept[1], "network_plain": plain[1], "peak_kept": kept[2],
+                        "peak_plain": plain[2], "speedup": plain[0] / kept[0] if kept[0] else None})
+    return out
+
+
+def allocator_html(bench: Mapping[str, Any]) -> str:
+    """:func:`allocator_rows` as a table."""
+    rows = [[r["preset"], r["precision"], fmt_num(r["plain"]), fmt_num(r["kept"]), fmt_num(r["speedup"], 2, "×"),
+             fmt_num(r["network_plain"]), fmt_num(r["network_kept"]), fmt_num(r["peak_plain"], 0),
+             fmt_num(r["peak_kept"], 0)] for r in allocator_rows(bench)]
+    return html_table(["preset", "precision", "glibc as it comes, ms", "freed memory kept, ms", "speed-up",
+                       "network, as it comes", "network, kept", "peak MB, as it comes", "peak MB, kept"], rows)
 
 
 def peers_html(bench: Mapping[str, Any]) -> str:
