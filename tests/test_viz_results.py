@@ -435,6 +435,36 @@ def test_retinanet_target_prefers_the_shipped_recipe(planted: tuple[Path, dict])
     assert peer.met is False and "MONAI RetinaNet (peer) is closer" in peer.note
 
 
+def test_retinanet_target_uses_the_budget_comparison_when_given(planted: tuple[Path, dict]) -> None:
+    """The comparison at the shipped model's budget, under the calibrated prior, decides; the
+    2,400-step Table 1 comparison is quoted beside it."""
+    _, tables = planted
+    t = copy.deepcopy(tables)
+    t["table1"]["paired"] = [{**pair(0.001, 0.5, 1.5, 1.0, "IG-RPN, eye sides by handedness, cube anchors",
+                                     "MONAI RetinaNet (peer)"), "question": SHIPPED_VS_PEER}]
+
+    def budget(p: float, lo: float, hi: float, diff: float) -> dict:
+        pairs = [{**pair(0.5, -1, 1, 0.0, f"IG-RPN, {s}", f"peer, {s}"), "seeds": [0],
+                  "question": f"the shipped model vs the peer at 3,800 steps, {s}"}
+                 for s in ("no prior", "paper prior")]
+        pairs.append({**pair(p, lo, hi, diff, "IG-RPN, calibrated prior", "peer, calibrated prior"), "seeds": [0],
+                      "question": "the shipped model vs the peer at 3,800 steps, calibrated prior"})
+        return {"pairs": pairs}
+
+    def peer_check(b: dict, x: float = 2.0) -> B.TargetCheck:
+        return next(c for c in B.check_targets(planted_bench(retina_x=x), t, b) if c.target.startswith("faster"))
+
+    c = peer_check(budget(0.001, -1.5, -0.5, -1.0))  # the IG-RPN closer at the shipped budget
+    assert c.met is True and "IG-RPN, calibrated prior is closer" in c.note and "1 seed" in c.note
+    assert "at 2,400 steps (Table 1)" in c.note and "MONAI RetinaNet (peer) is closer" in c.note
+    assert peer_check(budget(0.001, 0.5, 1.5, 1.0)).met is False  # the peer closer
+    assert peer_check(budget(0.3, -0.5, 0.4, -0.1)).met is True  # no significant difference: equal
+    assert peer_check(budget(0.001, -1.5, -0.5, -1.0), x=0.7).met is False  # closer but slower
+    assert B.budget_pair(budget(0.3, -0.5, 0.4, -0.1), "no prior")["a"] == "IG-RPN, no prior"
+    with pytest.raises(ValueError, match="setting"):
+        B.budget_pair({"pairs": []})
+
+
 def test_bench_tables_show_the_planted_numbers() -> None:
     bench = planted_bench()
     rows = cells(B.detect_html(bench))
