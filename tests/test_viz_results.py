@@ -465,6 +465,15 @@ def test_retinanet_target_uses_the_budget_comparison_when_given(planted: tuple[P
         B.budget_pair({"pairs": []})
 
 
+def test_budget_table_lists_every_evaluation() -> None:
+    m = {"d_mean_mm": 3.691, "d_std_mm": 2.5, "dr50": 0.856, "miou": 0.6, "time_ms": 140.2}
+    b = {"evaluations": {"IG-RPN": {"no prior": {"metrics": m}, "calibrated prior": {"metrics": {**m, "dr50": 0.5}}},
+                         "peer": {"no prior": {"metrics": {**m, "d_mean_mm": 5.0}}}}}
+    rows = cells(B.budget_html(b))
+    assert rows[1] == ["IG-RPN", "no prior", "3.69 ± 2.50", "85.6 %", "60.0 %", "140"]
+    assert rows[2][3] == "50.0 %" and rows[3][:3] == ["peer", "no prior", "5.00 ± 2.50"] and len(rows) == 4
+
+
 def test_bench_tables_show_the_planted_numbers() -> None:
     bench = planted_bench()
     rows = cells(B.detect_html(bench))

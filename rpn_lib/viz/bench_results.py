@@ -26,7 +26,7 @@ __all__ = [
     "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
     "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "plot_peers", "accuracy_text", "TargetCheck",
-    "BUDGET_SETTING", "budget_pair", "check_targets", "targets_html",
+    "BUDGET_SETTING", "budget_pair", "budget_html", "check_targets", "targets_html",
 ]
 
 
@@ -444,6 +444,18 @@ def budget_pair(budget: Mapping[str, Any], setting: str = BUDGET_SETTING) -> dic
         if p["question"].endswith(f", {setting}"):
             return p
     raise ValueError(f"no comparison with setting {setting!r} in the budget file")
+
+
+def budget_html(budget: Mapping[str, Any]) -> str:
+    """The evaluations of ``results/budget-3800/comparison.json``: one row per detector and
+    post-processing (d-mean, DR50, mIoU, time per volume on the test split)."""
+    rows = []
+    for det, by_setting in budget["evaluations"].items():
+        for setting, e in by_setting.items():
+            m = e["metrics"]
+            rows.append([det, setting, f"{m['d_mean_mm']:.2f} ± {m['d_std_mm']:.2f}", fmt_num(100 * m["dr50"], 1, " %"),
+                         fmt_num(100 * m["miou"], 1, " %"), fmt_num(m["time_ms"], 0)])
+    return html_table(["detector", "post-processing", "d-mean (mm)", "DR50", "mIoU", "ms/volume"], rows)
 
 
 def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = None,

@@ -63,6 +63,7 @@ RESULT_COMMANDS: dict[str, tuple[str, str]] = {
     "tables.json": ("make replicate", "rpn-lib replicate --data data/synth-cpu-small --results results"),
     "bench.json": ("make bench", "rpn-lib bench --preset all --model models/ig-rpn-cpu-small/model.pt "
                    "--accuracy-data data/synth-cpu-small --out results/bench.json"),
+    "budget-3800/comparison.json": ("make peer-budget", ".venv/bin/python scripts/peer_at_shipped_budget.py"),
 }
 """The make target, and the command it runs, that write each results file."""
 
