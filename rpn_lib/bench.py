@@ -70,6 +70,7 @@ from rpn_lib.data.synth import generate_case, sample_scene
 from rpn_lib.detect import Detector
 from rpn_lib.errors import RpnLibError
 from rpn_lib.fileio import atomic_write, atomic_write_json
+from rpn_lib.inference import prepare_for_inference
 from rpn_lib.landmarks import LANDMARK_NAMES
 from rpn_lib.methods import TrainContext, get_method
 from rpn_lib.model import IGRPN
@@ -358,6 +359,8 @@ class ForwardSetting:
         threads: ``torch.set_num_threads`` during the measurement (None: unchanged).
         compile: wrap the model in ``torch.compile``.
         cudnn_benchmark: ``torch.backends.cudnn.benchmark`` (CUDA only).
+        rewrite: the inference rewrite of :func:`rpn_lib.inference.prepare_for_inference`
+            (batch norm folded, every fp32 convolution on oneDNN), as the detector runs it.
     """
 
     precision: str = "fp32"
@@ -367,6 +370,7 @@ class ForwardSetting:
     threads: int | None = None
     compile: bool = False
     cudnn_benchmark: bool = False
+    rewrite: bool = False
 
     def label(self) -> str:
         """Short description, e.g. ``"bf16, channels_last_3d, batch 2"``."""
@@ -383,6 +387,8 @@ class ForwardSetting:
             parts.append("torch.compile")
         if self.cudnn_benchmark:
             parts.append("cudnn.benchmark")
+        if self.rewrite:
+            parts.append("BN folded + oneDNN")
         return ", ".join(parts)
 
 
@@ -399,12 +405,14 @@ def time_forward(model: nn.Module, shape_vox: Sequence[int], setting: ForwardSet
                  seed: int = 0) -> dict[str, Any]:
     """Time ``model`` on a random ``(batch, 1, *shape_vox)`` input under ``setting``.
 
-    ``model`` is not changed (``channels_last`` and ``compile`` work on a copy). Returns
+    ``model`` is not changed (``rewrite``, ``channels_last`` and ``compile`` work on a copy). Returns
     ``setting``, ``shape_vox``, ``ms_per_volume`` (median per call / batch), ``timing`` (of a
     whole call, see :func:`time_call`) and ``memory``.
     """
     dev = resolve_device(device)
     m = model.to(dev).eval()
+    if setting.rewrite:
+        m = prepare_for_inference(m)
     if setting.channels_last:
         m = copy.deepcopy(m).to(memory_format=torch.channels_last_3d)
     if setting.compile:
@@ -648,9 +656,11 @@ def lever_settings(device: torch.device, threads: Sequence[int] = (), compile: b
     """The lever combinations compared by :func:`bench_levers`; the first is the baseline
     (fp32, ``inference_mode``, batch 1, current threads)."""
     amp = ["bf16", "fp16"] if device.type == "cuda" else ["bf16"]
-    s = [ForwardSetting(), ForwardSetting(grad_mode="no_grad"), ForwardSetting(channels_last=True)]
+    s = [ForwardSetting(), ForwardSetting(grad_mode="no_grad"), ForwardSetting(channels_last=True),
+         ForwardSetting(channels_last=True, rewrite=True)]
     for a in amp:
-        s += [ForwardSetting(precision=a), ForwardSetting(precision=a, channels_last=True)]
+        s += [ForwardSetting(precision=a), ForwardSetting(precision=a, channels_last=True),
+              ForwardSetting(precision=a, channels_last=True, rewrite=True)]
     s += [ForwardSetting(batch=2)] + [ForwardSetting(precision=a, batch=2) for a in amp]
     s += [ForwardSetting(threads=int(n)) for n in threads]
     s += [ForwardSetting(precision=amp[0], channels_last=True, threads=int(n)) for n in threads]
@@ -753,7 +763,7 @@ def bench_peers(preset: str | Preset, igrpn: dict[str, Any], device: str | torch
                 net, det = retinanet_peer(p, dev, seed)
             else:
                 det = untrained_detector(p, dev, seed=seed, method=name)
-                net = det.model
+                net = det.loaded.model  # as trained (the FLOP count needs plain layers)
         except ImportError as e:
             row["reason"] = f"not available ({_error(e)})"
             rows.append(row)

@@ -89,6 +89,7 @@ from rpn_lib.data.dataset import LandmarkDataset
 from rpn_lib.detect import Detector
 from rpn_lib.errors import DataError, ModelError, RpnLibError
 from rpn_lib.fileio import atomic_write, atomic_write_json
+from rpn_lib.inference import prepare_for_inference
 from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.methods import CandidateSettings, ClassCandidates
@@ -562,20 +563,23 @@ class RetinaNetPeerDetector(Detector):
         detector: a MONAI ``RetinaNetDetector`` (from :func:`build_retinanet`), trained.
         preset: the preset it was trained with.
         prior: the graph prior fitted on its training landmarks.
-        device, amp, pre_nms_top_n, keep_candidates, axis_order, flip_axes, prior_rule: as for
-            :class:`~rpn_lib.detect.Detector`.
+        device, amp, pre_nms_top_n, keep_candidates, axis_order, flip_axes, prior_rule,
+            fast_inference: as for :class:`~rpn_lib.detect.Detector`.
         meta: the model file's metadata.
     """
 
     def __init__(self, detector: Any, preset: Preset, prior: GraphPrior, device: str | torch.device = "auto",
                  amp: bool = False, pre_nms_top_n: int = 64, keep_candidates: int = 10,
                  meta: dict[str, Any] | None = None, axis_order: tuple[int, int, int] = (0, 1, 2),
-                 flip_axes: tuple[int, ...] = (), prior_rule: str = "penalty") -> None:
+                 flip_axes: tuple[int, ...] = (), prior_rule: str = "penalty", fast_inference: bool = True) -> None:
         # Detector.__init__ reads an rpn_lib model file; set the attributes its methods use.
         self.set_orientation(axis_order, flip_axes)
         self.prior_rule = check_prior_rule(prior_rule)
         self.device = resolve_device(device)
         self.monai_detector = detector.to(self.device).eval()
+        self.fast_inference = fast_inference
+        if fast_inference:  # the same rewrite as the IG-RPN's (rpn_lib.inference), on a copy
+            self.monai_detector.network = prepare_for_inference(self.monai_detector.network)
         self.model = self.monai_detector.network
         self.loaded = None
         self.preset = preset
