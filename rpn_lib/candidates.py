@@ -57,6 +57,9 @@ def select_candidates(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: t
     decoded = coder.decode(anchors[flat].float(), deltas[flat].float()).reshape(k1 - 1, top_n, 6)
     out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for c in range(k1 - 1):
+        if pool_eyes and c == EYES[1]:  # the same pooled candidates as the other eye class
+            out.append(out[EYES[0]])
+            continue
         idx, boxes, scores = top_indices[c], decoded[c], top_values[c]
         keep = nms(boxes, scores, nms_iou, max_keep=top_k)
         out.append((boxes[keep], scores[keep], idx[keep]))
