@@ -162,6 +162,14 @@ def _add_prior_rule_arg(p: argparse.ArgumentParser) -> None:
                    "The graph prior). Default: the rule the model file records, else 'penalty'")
 
 
+def _add_amp_arg(p: argparse.ArgumentParser) -> None:
+    """``--amp`` (:class:`rpn_lib.detect.Detector`'s ``amp``)."""
+    p.add_argument("--amp", action="store_true",
+                   help="run the network with autocast (bf16 on a CPU, fp16 on CUDA): several times faster on "
+                   "CPUs with bf16 support; results differ slightly from fp32 (the book's chapter Performance "
+                   "measures by how much on its model)")
+
+
 def _detector(args: argparse.Namespace):
     """The :class:`rpn_lib.detect.Detector` of ``--model``, ``--device`` and the orientation options."""
     from rpn_lib.detect import Detector
@@ -169,7 +177,7 @@ def _detector(args: argparse.Namespace):
     if len(args.axis_order) != 3:
         raise ValueError(f"--axis-order needs all three axes, got {','.join(map(str, args.axis_order))}")
     return Detector.from_file(args.model, device=args.device, axis_order=args.axis_order, flip_axes=args.flip_axes,
-                              prior_rule=args.prior_rule)
+                              prior_rule=args.prior_rule, amp=getattr(args, "amp", False))
 
 
 LOW_SCORE = 0.05
@@ -190,6 +198,7 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
+    _add_amp_arg(p)
     p.set_defaults(func=cmd_detect)
 
 
@@ -244,6 +253,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
+    _add_amp_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -345,6 +355,7 @@ def _register_view(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda (default: auto)")
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
+    _add_amp_arg(p)
     p.set_defaults(func=cmd_view)
 
 

@@ -110,6 +110,8 @@ def evaluate(detector: Detector | str | Path, data: str | Path | LandmarkDataset
     if use_prior:
         metrics["prior_rule"] = det.prior_rule
     metrics["device"] = str(det.device)
+    if det.amp:  # fp32 otherwise
+        metrics["precision"] = "fp16" if det.device.type == "cuda" else "bf16"
     metrics["threads"] = torch.get_num_threads()
     return Evaluation(metrics, ids, dets, pred_boxes, gt_boxes, pred_world, gt_world)
 

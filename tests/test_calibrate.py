@@ -87,6 +87,10 @@ def test_calibrate_prior_cli(run: tuple[Path, Path], tmp_path: Path, capsys: pyt
     assert main(["evaluate", "--model", str(out), "--data", str(data), "--out", str(metrics),
                  "--prior-rule", "penalty-score", "--device", "cpu", "--no-progress"]) == 0
     assert json.loads(metrics.read_text())["prior_rule"] == "penalty-score"
+    assert "precision" not in json.loads(metrics.read_text())  # fp32 unless --amp
+    assert main(["evaluate", "--model", str(out), "--data", str(data), "--out", str(metrics), "--amp",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert json.loads(metrics.read_text())["precision"] == "bf16"
     # bad input: one line, exit 2, nothing written
     capsys.readouterr()
     assert main(["calibrate-prior", "--model", str(tmp_path / "none.pt"), "--data", str(data),
