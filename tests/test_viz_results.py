@@ -485,6 +485,8 @@ def test_bench_tables_show_the_planted_numbers() -> None:
     assert bf16[2:6] == ["20.0", "0.25", "4.00×", "500.0"]  # 10 GFLOP in 20 ms
     assert "did not run (RuntimeError: no compiler)" in B.describe_lever(bench["presets"]["paper"]["levers"][2])
     assert B.describe_lever(bench["presets"]["paper"]["levers"][1]) == "bf16: 0.25× the baseline time (4.0× faster)"
+    slow = {"label": "fp32, 1 thread", "x_baseline": 1.76, "error": None}
+    assert B.describe_lever(slow) == "fp32, 1 thread: 1.76× the baseline time (1.8× slower)"
     peers = cells(B.peers_html(bench))
     assert next(r for r in peers if r[1] == "retinanet")[5] == "2.00"
     targets = cells(B.targets_html(B.check_targets(bench)))

@@ -299,7 +299,7 @@ def describe_lever(row: Mapping[str, Any]) -> str:
         return f"{row['label']}: no time"
     if abs(x - 1) < 0.05:
         return f"{row['label']}: {x:.2f}× the baseline time (no real change)"
-    return f"{row['label']}: {x:.2f}× the baseline time ({1 / x:.1f}× {'faster' if x < 1 else 'slower'})"
+    return f"{row['label']}: {x:.2f}× the baseline time ({f'{1 / x:.1f}× faster' if x < 1 else f'{x:.1f}× slower'})"
 
 
 def allocator_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
