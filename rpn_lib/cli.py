@@ -165,9 +165,9 @@ def _add_prior_rule_arg(p: argparse.ArgumentParser) -> None:
 def _add_amp_arg(p: argparse.ArgumentParser) -> None:
     """``--amp`` (:class:`rpn_lib.detect.Detector`'s ``amp``)."""
     p.add_argument("--amp", action="store_true",
-                   help="run the network with autocast (bf16 on a CPU, fp16 on CUDA): several times faster on "
-                   "CPUs with bf16 support; results differ slightly from fp32 (the book's chapter Performance "
-                   "measures by how much on its model)")
+                   help="run the network with autocast (bf16 on a CPU, fp16 on CUDA): faster on CPUs with bf16 "
+                   "support; results differ slightly from fp32 (the book's chapter Performance measures both on "
+                   "its model)")
 
 
 def _detector(args: argparse.Namespace):
