@@ -470,7 +470,7 @@ def test_budget_table_lists_every_evaluation() -> None:
     b = {"evaluations": {"IG-RPN": {"no prior": {"metrics": m}, "calibrated prior": {"metrics": {**m, "dr50": 0.5}}},
                          "peer": {"no prior": {"metrics": {**m, "d_mean_mm": 5.0}}}}}
     rows = cells(B.budget_html(b))
-    assert rows[1] == ["IG-RPN", "no prior", "3.69 ± 2.50", "85.6 %", "60.0 %", "140"]
+    assert rows[1] == ["IG-RPN", "no prior", "3.69 ± 2.50", "85.6 %", "60.0 %"]
     assert rows[2][3] == "50.0 %" and rows[3][:3] == ["peer", "no prior", "5.00 ± 2.50"] and len(rows) == 4
 
 
