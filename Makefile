@@ -77,12 +77,13 @@ replicate: install
 # memory, cost against volume size, FLOP/s against a dense matmul, levers and peer models, for both
 # presets; the shipped model is used at cpu-small, with its fp32-against-bf16 accuracy on the test
 # split. Writes results/bench.json and results/bench.md. About 10-20 minutes on 2 CPU cores: run it
-# on an otherwise idle machine. Options through BENCH_ARGS, e.g. BENCH_ARGS="--compile".
+# on an otherwise idle machine; the torch.compile levers are included (a few minutes of compiling).
+# Options through BENCH_ARGS, e.g. BENCH_ARGS="--peers none".
 BENCH_ARGS ?=
 .PHONY: bench
 bench: install
 	@test -f data/synth-cpu-small/splits.json || $(VENV)/bin/rpn-lib synth --out data/synth-cpu-small --preset cpu-small --seed 0 --no-progress
-	@$(VENV)/bin/rpn-lib bench --preset all --model $(MODEL)/model.pt --accuracy-data data/synth-cpu-small --out results/bench.json --markdown results/bench.md $(BENCH_ARGS)
+	@$(VENV)/bin/rpn-lib bench --preset all --model $(MODEL)/model.pt --accuracy-data data/synth-cpu-small --compile --out results/bench.json --markdown results/bench.md $(BENCH_ARGS)
 
 # The shipped model against MONAI's RetinaNet trained for the same 3,800 steps (one seed), each
 # with no prior, the paper's prior and a calibrated one (scripts/peer_at_shipped_budget.py):
