@@ -849,6 +849,15 @@ def _efficiency(gflop: float, forward_ms: float, e2e_ms: float, peak: dict[str, 
             "floor_ms": _r(floor_ms), "end_to_end_ms": _r(e2e_ms), "end_to_end_over_floor": _r(e2e_ms / floor_ms, 3)}
 
 
+def _bench_detector(loaded: LoadedModel | None, preset: Preset, device: torch.device, precision: str,
+                    seed: int) -> Detector:
+    """The detector a benchmark times: the trained model when given, else random weights."""
+    amp = precision != "fp32"
+    if loaded is not None:
+        return Detector(loaded, device=device, amp=amp)
+    return untrained_detector(preset, device=device, amp=amp, seed=seed)
+
+
 def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str, Any]], repeats: int = 5,
                  warmup: int = 1, train_repeats: int = 3, model_path: Path | None = None,
                  threads: Sequence[int] = (), compile: bool = False, seed: int = 0,
@@ -868,8 +877,7 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
     res["detect"] = {}
     for prec in precisions:
         log(f"{preset.name}: detect {prec}")
-        det = (Detector(loaded, device=device, amp=prec != "fp32") if loaded is not None
-               else untrained_detector(p, device=device, amp=prec != "fp32", seed=seed))
+        det = _bench_detector(loaded, p, device, prec, seed)
         res["detect"][prec] = bench_detect(det, case.volume, case.affine, repeats, warmup)
         del det
         gc.collect()
@@ -923,9 +931,10 @@ def bench_allocator(preset: str, quick: bool, model_path: Path | None, detect_he
     child's failure, else None). Where glibc is absent the comparison is skipped (``error``
     says so).
     """
-    here = bool(allocator.allocator_setting()["retain_freed_memory"])
+    setting = allocator.allocator_setting()
+    here = bool(setting["retain_freed_memory"])
     res: dict[str, Any] = {"here": _allocator_label(here), "other": _allocator_label(not here), "rows": [], "error": None}
-    if allocator.allocator_setting()["libc"] is None:
+    if setting["libc"] is None:
         res["error"] = "not glibc: the setting does not apply"
         return res
     spec = {"preset": preset, "quick": quick, "model": str(model_path) if model_path else None,
@@ -967,8 +976,7 @@ def _allocator_child(spec_json: str) -> None:
     case = generate_case(spec["seed"], preset.spacing_mm, preset.shape_vox)
     out = {}
     for prec in spec["precisions"]:
-        det = (Detector(loaded, device=dev, amp=prec != "fp32") if loaded is not None
-               else untrained_detector(p, device=dev, amp=prec != "fp32", seed=spec["seed"]))
+        det = _bench_detector(loaded, p, dev, prec, spec["seed"])
         out[prec] = bench_detect(det, case.volume, case.affine, spec["repeats"], spec["warmup"])
         del det
         gc.collect()

@@ -20,7 +20,7 @@ combinations with (``"penalty-score"``: :func:`rpn_lib.prior.combination_cost`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,8 @@ def calibrate_prior(model: str | Path, data: str | Path | LandmarkDataset, out: 
     """
     check_prior_rule(rule)
     loaded = load_model(model)
-    result = calibrated_prior(Detector(loaded, device=device), data, split, rule, progress, seed, out=Path(out))
+    result = calibrated_prior(Detector(loaded, device=device), data, split, rule, progress, seed)
+    result = replace(result, out=Path(out))
     previous = loaded.meta.get("prior_calibration", {}).get("previous_prior", loaded.prior.to_dict())
     meta = {**loaded.meta, "prior_rule": rule, "prior_calibration": {**result.to_dict(), "previous_prior": previous}}
     save_model(Path(out), loaded.model, loaded.preset, result.prior, tuple(loaded.label_names), meta)
@@ -105,8 +106,7 @@ def calibrate_prior(model: str | Path, data: str | Path | LandmarkDataset, out: 
 
 
 def calibrated_prior(detector: Detector, data: str | Path | LandmarkDataset, split: str | None = "train",
-                     rule: str = "penalty-score", progress: bool = True, seed: int = 0,
-                     out: Path | None = None) -> PriorCalibration:
+                     rule: str = "penalty-score", progress: bool = True, seed: int = 0) -> PriorCalibration:
     """The measurement and refit of :func:`calibrate_prior` for any detector (e.g. the MONAI
     peer's ``RetinaNetPeerDetector``), without writing a file: use the result with
     ``detector.with_prior(result.prior, result.rule)``.
@@ -122,7 +122,7 @@ def calibrated_prior(detector: Detector, data: str | Path | LandmarkDataset, spl
     sd = localisation_sd_from_distances(dist)
     prior = GraphPrior.fit(ev.gt_world, localisation_sd_mm=sd, draws=_DRAWS, seed=seed)
     return PriorCalibration(prior, rule, sd, float(np.median(dist)), float(dist.mean()), len(ev.case_ids), split,
-                            out)
+                            None)
 
 
 def paper_prior(loaded: LoadedModel) -> GraphPrior:

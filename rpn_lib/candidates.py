@@ -106,17 +106,11 @@ def top_class_probabilities(cls_logits: torch.Tensor, top_n: int,
     probs = torch.softmax(blocks, dim=1)
     per_class = [probs[:, c, :] for c in range(1, k1)]  # (N/b, b) views
     if pool_eyes:
-        pooled = per_class[EYES[0]] + per_class[EYES[1]]
-        per_class[EYES[0]] = per_class[EYES[1]] = pooled
-    values, indices = [], []
-    done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for p in per_class:
-        key = id(p)
-        if key not in done:
-            done[key] = _top_n_by_blocks(p, top_n)
-        values.append(done[key][0])
-        indices.append(done[key][1])
-    return torch.stack(values), torch.stack(indices)
+        per_class[EYES[0]] = per_class[EYES[0]] + per_class[EYES[1]]
+    tops: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for c, p in enumerate(per_class):  # pooled eyes: the second eye class reuses the first's
+        tops.append(tops[EYES[0]] if pool_eyes and c == EYES[1] else _top_n_by_blocks(p, top_n))
+    return torch.stack([v for v, _ in tops]), torch.stack([i for _, i in tops])
 
 
 def _top_n_by_blocks(v: torch.Tensor, top_n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -578,7 +578,7 @@ class RetinaNetPeerDetector(Detector):
         self.device = resolve_device(device)
         self.monai_detector = detector.to(self.device).eval()
         self.fast_inference = fast_inference
-        if fast_inference:  # the same rewrite as the IG-RPN's (rpn_lib.inference), on a copy
+        if fast_inference:  # the IG-RPN's rewrite (rpn_lib.inference): a rewritten copy replaces the network
             self.monai_detector.network = prepare_for_inference(self.monai_detector.network)
         self.model = self.monai_detector.network
         self.loaded = None
