@@ -701,14 +701,20 @@ def bench_levers(model: nn.Module, shape_vox: Sequence[int], device: str | torch
     return rows
 
 
+ONE_CONV_PEER = "igrpn-1conv"
+"""The peer that is the IG-RPN itself with one conv in block 1 (``Preset.block1_convs = 1``, a
+deviation from the paper for speed; :mod:`rpn_lib.model`)."""
+
 PEERS = {
+    ONE_CONV_PEER: "rpn_lib.model.IGRPN(block1_convs=1): the IG-RPN with one conv in block 1 (a deviation)",
     "heatmap": "rpn_lib.baselines.heatmap (method 'heatmap')",
     "ssd": "rpn_lib.baselines.ssd (method 'ssd')",
     "faster-rcnn": "rpn_lib.baselines.faster_rcnn (method 'faster-rcnn')",
     "retinanet": "rpn_lib.baselines.retinanet_peer (MONAI's RetinaNet)",
 }
 """Comparison models: name -> where they come from. All but ``retinanet`` are methods of
-:mod:`rpn_lib.methods`; all run through a :class:`~rpn_lib.detect.Detector`."""
+:mod:`rpn_lib.methods` (:data:`ONE_CONV_PEER` is the ``rpn`` method with ``block1_convs=1``);
+all run through a :class:`~rpn_lib.detect.Detector`."""
 
 
 def retinanet_peer(preset: Preset, device: str | torch.device = "auto", seed: int = 0) -> tuple[nn.Module, Detector | None]:
@@ -761,6 +767,9 @@ def bench_peers(preset: str | Preset, igrpn: dict[str, Any], device: str | torch
         try:
             if name == "retinanet":
                 net, det = retinanet_peer(p, dev, seed)
+            elif name == ONE_CONV_PEER:
+                det = untrained_detector(p.replace(block1_convs=1), dev, seed=seed, method="rpn")
+                net = det.loaded.model
             else:
                 det = untrained_detector(p, dev, seed=seed, method=name)
                 net = det.loaded.model  # as trained (the FLOP count needs plain layers)

@@ -23,7 +23,7 @@ import torch
 
 __all__ = [
     "cs_to_corners", "corners_to_cs", "box_volume", "box_iou", "box_iou_pairwise",
-    "BoxCoder", "nms",
+    "BoxCoder", "nms", "nms_stacked",
 ]
 
 
@@ -57,6 +57,8 @@ def box_volume(boxes: torch.Tensor) -> torch.Tensor:
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Intersection over union of every pair: ``a`` ``(N, 6)`` x ``b`` ``(M, 6)`` -> ``(N, M)``.
 
+    Leading dimensions are batch dimensions: ``(..., N, 6)`` x ``(..., M, 6)`` ->
+    ``(..., N, M)``, each batch element on its own (broadcast as in ``torch.matmul``).
     The intersection is built one axis at a time, so the largest temporary is one ``(N, M)``
     matrix (labelling 2.1 M anchors against 5 boxes needs no ``(N, M, 3)`` array). A pair
     whose union is empty (two boxes of zero volume) has IoU 0.
@@ -67,14 +69,14 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.to(dtype), b.to(dtype)
     inter: torch.Tensor | None = None
     for ax in range(3):
-        a_lo = (a[:, ax] - a[:, ax + 3] / 2)[:, None]
-        a_hi = (a[:, ax] + a[:, ax + 3] / 2)[:, None]
-        b_lo = (b[:, ax] - b[:, ax + 3] / 2)[None, :]
-        b_hi = (b[:, ax] + b[:, ax + 3] / 2)[None, :]
+        a_lo = (a[..., ax] - a[..., ax + 3] / 2)[..., :, None]
+        a_hi = (a[..., ax] + a[..., ax + 3] / 2)[..., :, None]
+        b_lo = (b[..., ax] - b[..., ax + 3] / 2)[..., None, :]
+        b_hi = (b[..., ax] + b[..., ax + 3] / 2)[..., None, :]
         side = (torch.minimum(a_hi, b_hi) - torch.maximum(a_lo, b_lo)).clamp_(min=0)
         inter = side if inter is None else inter.mul_(side)
     assert inter is not None
-    union = box_volume(a)[:, None] + box_volume(b)[None, :] - inter
+    union = box_volume(a)[..., :, None] + box_volume(b)[..., None, :] - inter
     return inter / union.clamp(min=torch.finfo(dtype).tiny)
 
 
@@ -170,15 +172,47 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
         ``(K,)`` int64 indices into ``boxes`` of the kept boxes, by decreasing score.
     """
     _check_boxes(boxes)
-    if scores.shape != boxes.shape[:1]:
-        raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}")
-    n = boxes.shape[0]
+    if boxes.ndim != 2 or scores.shape != boxes.shape[:1]:
+        raise ValueError(f"need boxes (N, 6) and scores (N,), got {tuple(boxes.shape)} and {tuple(scores.shape)}")
+    return nms_stacked(boxes[None], scores[None], iou_threshold, max_keep)[0]
+
+
+def nms_stacked(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
+                max_keep: int | None = None) -> list[torch.Tensor]:
+    """:func:`nms` of ``C`` independent sets of boxes at once (e.g. one set per class).
+
+    The ``C`` sorts and IoU matrices are single batched tensor operations and one transfer;
+    only the greedy sweeps run one set after the other. Each set's result is exactly
+    :func:`nms` of that set.
+
+    Args:
+        boxes: ``(C, N, 6)`` as ``cz, cy, cx, d, h, w``.
+        scores: ``(C, N)``.
+        iou_threshold: suppression threshold in [0, 1].
+        max_keep: at most this many boxes kept per set; None keeps every survivor.
+
+    Returns:
+        ``C`` int64 tensors: the kept indices into ``boxes[c]``, by decreasing score.
+    """
+    _check_boxes(boxes)
+    if boxes.ndim != 3 or scores.shape != boxes.shape[:2]:
+        raise ValueError(f"need boxes (C, N, 6) and scores (C, N), got {tuple(boxes.shape)} and {tuple(scores.shape)}")
+    sets, n = scores.shape
     if n == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    # One transfer of the overlap matrix, then a sequential sweep (greedy NMS is sequential).
-    # (a NumPy sweep: indexing torch tensors element by element costs microseconds each)
-    over = (box_iou(boxes[order], boxes[order]) > iou_threshold).cpu().numpy()
+        return [torch.zeros(0, dtype=torch.long, device=boxes.device) for _ in range(sets)]
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # (C, N)
+    ordered = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 6))
+    # One transfer of the overlap matrices, then sequential sweeps (greedy NMS is sequential;
+    # a NumPy sweep: indexing torch tensors element by element costs microseconds each)
+    over = (box_iou(ordered, ordered) > iou_threshold).cpu().numpy()  # (C, N, N)
+    order_np = order.cpu().numpy()
+    return [torch.from_numpy(order_np[c][_greedy_sweep(over[c], max_keep)]).to(boxes.device) for c in range(sets)]
+
+
+def _greedy_sweep(over: np.ndarray, max_keep: int | None) -> np.ndarray:
+    """Positions kept by greedy NMS, given ``over[i, j]``: box ``i`` suppresses box ``j``
+    (boxes in visiting order)."""
+    n = over.shape[0]
     removed = np.zeros(n, dtype=bool)
     keep: list[int] = []
     for i in range(n):
@@ -188,4 +222,4 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
             continue
         keep.append(i)
         removed |= over[i]
-    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
+    return np.asarray(keep, dtype=np.int64)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from rpn_lib.boxes import BoxCoder, nms
+from rpn_lib.boxes import BoxCoder, nms_stacked
 from rpn_lib.landmarks import EYES
 
 __all__ = ["select_candidates", "top_class_probabilities"]
@@ -52,18 +53,18 @@ def select_candidates(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: t
                          f"{tuple(cls_logits.shape)}, {tuple(deltas.shape)}, {tuple(anchors.shape)}")
     n, k1 = cls_logits.shape
     top_n = min(pre_nms_top_n, n)
-    top_values, top_indices = top_class_probabilities(cls_logits, top_n, pool_eyes)
-    flat = top_indices.reshape(-1)
-    decoded = coder.decode(anchors[flat].float(), deltas[flat].float()).reshape(k1 - 1, top_n, 6)
-    out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for c in range(k1 - 1):
-        if pool_eyes and c == EYES[1]:  # the same pooled candidates as the other eye class
-            out.append(out[EYES[0]])
-            continue
-        idx, boxes, scores = top_indices[c], decoded[c], top_values[c]
-        keep = nms(boxes, scores, nms_iou, max_keep=top_k)
-        out.append((boxes[keep], scores[keep], idx[keep]))
-    return out
+    values, indices, searched = _top_n_per_class(cls_logits, top_n, pool_eyes)  # (C, top_n) each
+    flat = indices.reshape(-1)
+    decoded = coder.decode(anchors[flat].float(), deltas[flat].float()).reshape(len(searched), top_n, 6)
+    keeps = nms_stacked(decoded, values, nms_iou, max_keep=top_k)  # all classes' NMS at once
+    # one gather of every class's survivors, then views per class
+    rows = torch.cat([j * top_n + keep for j, keep in enumerate(keeps)])
+    sizes = [len(keep) for keep in keeps]
+    parts = zip(decoded.reshape(-1, 6)[rows].split(sizes), values.reshape(-1)[rows].split(sizes),
+                indices.reshape(-1)[rows].split(sizes))
+    by_class = dict(zip(searched, parts))
+    # pooled eyes: the second eye class gets the same candidates as the first
+    return [by_class[c] if c in by_class else by_class[EYES[0]] for c in range(k1 - 1)]
 
 
 BLOCK_ANCHORS = 64
@@ -101,32 +102,56 @@ def top_class_probabilities(cls_logits: torch.Tensor, top_n: int,
     n, k1 = cls_logits.shape
     if not 1 <= top_n <= n:
         raise ValueError(f"top_n must be in [1, {n}], got {top_n}")
+    values, indices, searched = _top_n_per_class(cls_logits, top_n, pool_eyes)
+    if pool_eyes:  # the second eye class reuses the first's
+        rows = [searched.index(EYES[0] if c == EYES[1] else c) for c in range(k1 - 1)]
+        return values[rows], indices[rows]
+    return values, indices
+
+
+def _top_n_per_class(cls_logits: torch.Tensor, top_n: int,
+                     pool_eyes: bool) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """:func:`top_class_probabilities` of the classes that need a search: every landmark class,
+    less the second eye class when the eyes are pooled (it has the first's result). Returns
+    ``values`` and ``indices`` ``(C, top_n)`` and the ``C`` landmark classes they belong to."""
+    n, k1 = cls_logits.shape
     b = math.gcd(n, BLOCK_ANCHORS)
-    blocks = cls_logits.reshape(n // b, b, k1).transpose(1, 2).float().contiguous()  # (N/b, K+1, b)
-    probs = torch.softmax(blocks, dim=1)
-    per_class = [probs[:, c, :] for c in range(1, k1)]  # (N/b, b) views
-    if pool_eyes:
-        per_class[EYES[0]] = per_class[EYES[0]] + per_class[EYES[1]]
-    tops: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for c, p in enumerate(per_class):  # pooled eyes: the second eye class reuses the first's
-        tops.append(tops[EYES[0]] if pool_eyes and c == EYES[1] else _top_n_by_blocks(p, top_n))
-    return torch.stack([v for v, _ in tops]), torch.stack([i for _, i in tops])
+    blocks = cls_logits.reshape(n // b, b, k1).transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)  # (N/b, K+1, b)
+    probs = torch.softmax(blocks, dim=1)  # (N/b, K+1, b), class 0 background
+    searched = [c for c in range(k1 - 1) if not (pool_eyes and c == EYES[1])]
+    if pool_eyes:  # the eye score is the sum of the two eye classes' probabilities
+        probs[:, 1 + EYES[0]] += probs[:, 1 + EYES[1]]
+        per_class = probs[:, [1 + c for c in searched]]
+    else:
+        per_class = probs[:, 1:]
+    values, indices = _top_n_by_blocks(per_class, top_n)
+    return values, indices, searched
 
 
 def _top_n_by_blocks(v: torch.Tensor, top_n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top ``top_n`` of a ``(B, b)`` array: values by decreasing value (ties by position)
-    and flat positions ``row * b + column``."""
-    rows, cols = v.shape
+    """Exact top ``top_n`` of each class of a ``(B, C, b)`` array (``B`` blocks of ``b``
+    anchors): ``(C, top_n)`` values by decreasing value (ties by position) and flat positions
+    ``block * b + column``, on ``v``'s device.
+
+    The block maxima and the thresholds are tensor operations on ``v``'s device; the few
+    blocks above a threshold (hundreds of values, not millions) are ranked in NumPy, whose
+    per-call cost is a fraction of a tensor operation's at that size."""
+    rows, classes, cols = v.shape
     if rows > top_n:
-        row_max = v.amax(dim=1)
-        threshold = torch.topk(row_max, top_n).values[-1]
-        cand_rows = torch.nonzero(row_max >= threshold).squeeze(1)  # increasing
-        sub = v[cand_rows]  # (R, b), R >= top_n but usually close to it
-        pos = torch.nonzero(sub >= threshold)  # row-major, so flat positions increase
-        flat = cand_rows[pos[:, 0]] * cols + pos[:, 1]
-        vals = sub[pos[:, 0], pos[:, 1]]
+        row_max = v.amax(dim=2)  # (B, C)
+        threshold = torch.topk(row_max.T, top_n, dim=1).values[:, -1]  # (C,)
+        cand_rows_t = torch.nonzero((row_max >= threshold).any(dim=1)).squeeze(1)  # increasing
+        sub = v[cand_rows_t].cpu().numpy()  # (R, C, b): the blocks that may hold a top value of some class
+        cand_rows, thr = cand_rows_t.cpu().numpy(), threshold.cpu().numpy()
     else:
-        flat = torch.arange(rows * cols, device=v.device)
-        vals = v.reshape(-1)
-    order = torch.sort(vals, descending=True, stable=True).indices[:top_n]
-    return vals[order], flat[order]
+        sub, cand_rows, thr = v.cpu().numpy(), np.arange(rows), np.full(classes, -np.inf, dtype=np.float32)
+    r, c, j = np.nonzero(sub >= thr[:, None])
+    vals = sub[r, c, j]
+    flat = cand_rows[r] * cols + j
+    # by class, then decreasing value; lexsort is stable, so ties keep nonzero's order, which
+    # is by increasing position within a class
+    order = np.lexsort((-vals, c))
+    counts = np.bincount(c, minlength=classes)  # each >= top_n: every class has top_n values >= its threshold
+    first = np.cumsum(counts) - counts
+    take = order[first[:, None] + np.arange(top_n)]  # (C, top_n)
+    return torch.from_numpy(vals[take]).to(v.device), torch.from_numpy(flat[take]).to(v.device)

@@ -92,6 +92,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--anchor-layout", choices=list(ANCHOR_LAYOUTS), default=None,
                    help="all: the paper's 4^3 = 64 anchor shapes per cell; cubes: only the 4 cubes (rpn and "
                    "faster-rcnn; default: the preset's)")
+    p.add_argument("--block1-convs", type=int, choices=[1, 2], default=None,
+                   help="conv layers of the first backbone block: 2 (the paper) or 1 (a deviation for speed; "
+                   "rpn only; default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--no-iou-balance", dest="iou_balance", action="store_false",
@@ -118,6 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset.replace(eye_sides=args.eye_sides)
     if args.anchor_layout is not None:
         preset = preset.replace(anchor_layout=args.anchor_layout)
+    if args.block1_convs is not None:
+        preset = preset.replace(block1_convs=args.block1_convs)
     res = train(args.data, args.out, preset=preset, steps=args.steps, seed=args.seed, resume=args.resume,
                 iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
                 precision=args.precision, progress=args.progress, method=args.method,

@@ -280,11 +280,16 @@ class Detector:
                 t_net: float, t0: float) -> Detection:
         """Candidates of one volume -> prior (or best per class) -> :class:`Detection`; ``t0``:
         when the candidate step started (``time.perf_counter``)."""
+        # every class's boxes and scores to NumPy in one transfer each, then split
+        sizes = [len(boxes) for boxes, _ in per_class]
+        b_all = torch.cat([boxes for boxes, _ in per_class]).cpu().double().numpy()
+        s_all = torch.cat([scores for _, scores in per_class]).cpu().double().numpy().tolist()
+        w_all = voxel_to_world(b_all[:, :3], inp.affine) if len(b_all) else np.zeros((0, 3))
         cands: list[list[Candidate]] = []
-        for boxes, scores in per_class:
-            b = boxes.cpu().double().numpy()
-            w = voxel_to_world(b[:, :3], inp.affine) if len(b) else np.zeros((0, 3))
-            cands.append([Candidate(b[m], float(scores[m]), w[m]) for m in range(len(b))])
+        start = 0
+        for n in sizes:
+            cands.append([Candidate(b_all[m], s_all[m], w_all[m]) for m in range(start, start + n)])
+            start += n
         if any(len(c) == 0 for c in cands):
             raise DataError("the model found no candidate for some landmark (empty or blank volume?)")
         t_cand = (time.perf_counter() - t0) * 1e3
@@ -304,7 +309,7 @@ class Detector:
                                      rule=self.prior_rule)
             choice = np.asarray(res.choice, dtype=int)
             log_pen: float | None = float(res.log_penalty)
-            ranked = [(tuple(int(v) for v in ch), float(lp)) for ch, lp in res.ranked]
+            ranked = res.ranked
         else:
             choice = np.zeros(len(cands), dtype=int)
             if eye_pool is not None:

@@ -207,6 +207,8 @@ class Method:
     """Whether training and candidates honour ``Preset.eye_sides = "geometry"``."""
     uses_anchor_layout: ClassVar[bool] = False
     """Whether the method's anchors follow ``Preset.anchor_layout``."""
+    uses_block1_convs: ClassVar[bool] = False
+    """Whether the method's network follows ``Preset.block1_convs``."""
 
     def options(self) -> dict[str, Any]:
         """The method's options, JSON-ready (written to ``model.pt`` and ``train.json``)."""
@@ -255,12 +257,14 @@ class RPNMethod(Method):
     title: ClassVar[str] = "IG-RPN"
     pools_eyes: ClassVar[bool] = True
     uses_anchor_layout: ClassVar[bool] = True
+    uses_block1_convs: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self._anchors = AnchorCache()
 
     def build(self, preset: Preset) -> nn.Module:
-        return IGRPN(width=preset.width, num_anchors=preset.num_anchors, stride=preset.stride)
+        return IGRPN(width=preset.width, num_anchors=preset.num_anchors, stride=preset.stride,
+                     block1_convs=preset.block1_convs)
 
     def anchors(self, feature_shape: tuple[int, int, int], stride: int, preset: Preset,
                 device: torch.device) -> torch.Tensor:

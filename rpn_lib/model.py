@@ -15,11 +15,16 @@ fusion 2   ``(B, w,  D/2, H/2, W/2)``   2  (only with ``stride=2``: the fused ma
                                             concatenated with block 2, then a 3x3x3 conv)
 =========  ==========================  =============
 
-``stride=4`` is the paper's network. ``stride=2`` adds one more U-Net step, a documented
-deviation used by the ``cpu-small`` preset: its voxels are twice as large (2.6 mm), so at
-stride 4 neighbouring anchors would be 10.4 mm apart and the 18 mm eye boxes would overlap no
-anchor with IoU > 0.5 for most eye positions; at stride 2 the anchors are 5.2 mm apart, as in
-the paper (1.3 mm x 4).
+``stride=4`` is the paper's network, and every preset's. ``stride=2`` adds one more U-Net step,
+an option for coarse voxels: at the ``cpu-small`` spacing (2.6 mm) neighbouring stride-4 anchors
+are 10.4 mm apart, and at stride 2 they are 5.2 mm apart, as in the paper (1.3 mm x 4). The
+``cpu-small`` preset keeps stride 4 and takes positives from a lower IoU instead
+(:data:`rpn_lib.presets.PRESETS` says why).
+
+``block1_convs=1`` (a documented deviation, off by default) gives block 1 one conv-BN-ReLU layer
+instead of two. Block 1 runs at the full input resolution, so its second ``w -> w`` conv is the
+most expensive layer of the network (116 of the 394 GFLOP at the paper's scale, 3.6 of the 12.3
+GFLOP at ``cpu-small``'s: 29 %); chapter *Performance* measures the time saved and the accuracy.
 
 The RPN head (Sec. 2.2) is a 3x3x3 conv followed by two sibling 1x1x1 convs: ``A * (K + 1)``
 class logits and ``A * 6`` box deltas per feature cell, with ``A = 64`` anchors and ``K = 5``
@@ -50,10 +55,12 @@ def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
 
 
 class VGGBlock3d(nn.Sequential):
-    """Two :func:`conv_bn_relu` layers: one block of Fig. 2."""
+    """``convs`` :func:`conv_bn_relu` layers (Fig. 2: two): one block of Fig. 2."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__(conv_bn_relu(in_ch, out_ch), conv_bn_relu(out_ch, out_ch))
+    def __init__(self, in_ch: int, out_ch: int, convs: int = 2) -> None:
+        if convs < 1:
+            raise ValueError(f"a block needs at least one conv, got convs={convs}")
+        super().__init__(conv_bn_relu(in_ch, out_ch), *(conv_bn_relu(out_ch, out_ch) for _ in range(convs - 1)))
 
 
 class Backbone3d(nn.Module):
@@ -64,15 +71,20 @@ class Backbone3d(nn.Module):
         width: channels of block 1 (``w``; the paper's Fig. 2 uses 32).
         in_channels: input channels (1 for B-mode ultrasound).
         stride: 4 (the paper) or 2 (one more fusion step with block 2; see the module docstring).
+        block1_convs: conv layers of block 1: 2 (the paper) or 1 (a deviation that saves the
+            costliest layer; see the module docstring).
     """
 
-    def __init__(self, width: int = 32, in_channels: int = 1, stride: int = 4) -> None:
+    def __init__(self, width: int = 32, in_channels: int = 1, stride: int = 4, block1_convs: int = 2) -> None:
         super().__init__()
         if stride not in (2, 4):
             raise ValueError(f"stride must be 2 or 4, got {stride}")
+        if block1_convs not in (1, 2):
+            raise ValueError(f"block1_convs must be 1 or 2, got {block1_convs}")
         self.stride = stride
+        self.block1_convs = block1_convs
         w = width
-        self.block1 = VGGBlock3d(in_channels, w)
+        self.block1 = VGGBlock3d(in_channels, w, convs=block1_convs)
         self.block2 = VGGBlock3d(w, 2 * w)
         self.block3 = VGGBlock3d(2 * w, 4 * w)
         self.block4 = VGGBlock3d(4 * w, 8 * w)
@@ -130,7 +142,7 @@ class RPNHead3d(nn.Module):
         """Map ``(B, C, f0, f1, f2)`` features to class logits ``(B, f0*f1*f2*A, K+1)`` and box
         deltas ``(B, f0*f1*f2*A, 6)`` in :func:`rpn_lib.anchors.anchor_grid` order."""
         # channels-last output makes the flattening below a view instead of a copy of the
-        # (B, N, K+1) and (B, N, 6) tensors (N = 2.1 M anchors at stride 2 on 64^3)
+        # (B, N, K+1) and (B, N, 6) tensors (N = 2.1 M anchors at the paper's scale)
         h = self.conv(features).contiguous(memory_format=torch.channels_last_3d)
         logits = flatten_head_output(self.cls(h), self.num_anchors)
         deltas = flatten_head_output(self.reg(h), self.num_anchors)
@@ -161,13 +173,14 @@ class IGRPN(nn.Module):
         num_anchors: anchors per feature cell (paper: 64).
         num_classes: ``K + 1`` (paper: 6).
         stride: voxels per cell of the map the head runs on: 4 (paper) or 2 (``cpu-small``).
+        block1_convs: conv layers of block 1: 2 (paper) or 1 (a deviation, see the module docstring).
     """
 
     def __init__(self, width: int = 32, num_anchors: int = 64, num_classes: int = NUM_LANDMARKS + 1,
-                 stride: int = 4) -> None:
+                 stride: int = 4, block1_convs: int = 2) -> None:
         super().__init__()
         self.width = width
-        self.backbone = Backbone3d(width, stride=stride)
+        self.backbone = Backbone3d(width, stride=stride, block1_convs=block1_convs)
         self.head = RPNHead3d(self.backbone.out_channels, num_anchors, num_classes)
         self.stride = stride
 

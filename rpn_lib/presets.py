@@ -41,6 +41,9 @@ class Preset:
             and the Faster R-CNN baseline; the SSD baseline has its own anchors.
         stride: voxels per feature-map cell of the fused map (three down-samplings, one
             up-sampling: 4).
+        block1_convs: conv layers of the IG-RPN's first backbone block: 2 (the paper, Fig. 2)
+            or 1 (a documented deviation for speed: the block's second conv is the network's
+            costliest layer, :mod:`rpn_lib.model`). Used by the IG-RPN only.
         eta: exponent of the IoU-balanced loss (Eq. 3).
         pos_iou: anchors above this IoU with a ground truth are positive (Sec. 3: 0.5;
             ``cpu-small``: 0.35, see :data:`PRESETS`).
@@ -100,6 +103,7 @@ class Preset:
     anchor_base_mm: tuple[float, ...] = tuple(s * PAPER_SPACING_MM for s in PAPER_ANCHOR_BASE_VOX)
     anchor_layout: str = "all"
     stride: int = 4
+    block1_convs: int = 2
     eta: float = 1.75
     pos_iou: float = 0.5
     neg_iou: float = 0.25
@@ -153,6 +157,8 @@ class Preset:
     def __post_init__(self) -> None:
         if self.stride not in (2, 4):
             raise ValueError(f"stride must be 2 or 4, got {self.stride}")
+        if self.block1_convs not in (1, 2):
+            raise ValueError(f"block1_convs must be 1 or 2, got {self.block1_convs}")
         if self.ambiguous not in ("ignore", "partial"):
             raise ValueError(f"ambiguous must be 'ignore' or 'partial', got {self.ambiguous!r}")
         if self.focal_gamma < 0:

@@ -16,6 +16,7 @@ Everything here is numpy float64.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -106,6 +107,13 @@ onto itself, the symmetric ratios changing sign); every node and every edge appe
 
 RATIO_NAMES: tuple[str, ...] = tuple(r.name for r in RATIOS)
 
+# index arrays of EDGES and RATIOS, built once (the prior scores every candidate combination)
+_EDGE_FROM = np.array([e[0] for e in EDGES])
+_EDGE_TO = np.array([e[1] for e in EDGES])
+_RATIO_A = np.array([r.a for r in RATIOS])
+_RATIO_B = np.array([r.b for r in RATIOS])
+_RATIO_SYM = np.array([r.kind == "sym" for r in RATIOS])
+
 _EPS = 1e-9  # floor of a denominator (coincident points): keeps ratios finite
 
 
@@ -114,9 +122,8 @@ def edge_lengths(landmarks: np.ndarray) -> np.ndarray:
     p = np.asarray(landmarks, dtype=np.float64)
     if p.shape[-2:] != (NUM_LANDMARKS, 3):
         raise ValueError(f"landmarks must have shape (..., {NUM_LANDMARKS}, 3), got {p.shape}")
-    i = np.array([e[0] for e in EDGES])
-    j = np.array([e[1] for e in EDGES])
-    return np.linalg.norm(p[..., i, :] - p[..., j, :], axis=-1)
+    diff = p[..., _EDGE_FROM, :] - p[..., _EDGE_TO, :]
+    return np.sqrt(np.einsum("...i,...i->...", diff, diff))
 
 
 def compute_ratios(landmarks: np.ndarray) -> np.ndarray:
@@ -126,12 +133,9 @@ def compute_ratios(landmarks: np.ndarray) -> np.ndarray:
     (and a symmetric ratio of two zero lengths is 0). NaN points give NaN ratios.
     """
     d = edge_lengths(landmarks)
-    a = np.array([r.a for r in RATIOS])
-    b = np.array([r.b for r in RATIOS])
-    sym = np.array([r.kind == "sym" for r in RATIOS])
-    da, db = d[..., a], d[..., b]
-    num = np.where(sym, da - db, da)
-    den = np.where(sym, da + db, db)
+    da, db = d[..., _RATIO_A], d[..., _RATIO_B]
+    num = np.where(_RATIO_SYM, da - db, da)
+    den = np.where(_RATIO_SYM, da + db, db)
     return num / np.maximum(den, _EPS)
 
 
@@ -329,18 +333,29 @@ class PriorResult:
     ranked: list[tuple[tuple[int, ...], float]]
 
 
-def _pooled_eye_combinations(options: list[np.ndarray]) -> np.ndarray:
-    """``(C, 5)`` combinations whose two eye slots take two different shared eye candidates."""
-    eyes = options[EYES[0]]
-    pairs = [(a, b) for i, a in enumerate(eyes) for b in eyes[i + 1:]]
+def _combinations(options: tuple[tuple[int, ...], ...], pooled_eyes: bool) -> np.ndarray:
+    """``(C, 5)`` combinations of one candidate per class, ``options[k]`` the usable candidates
+    of class ``k``, in ``itertools.product`` order (candidate 0 of each class first, the last
+    class varying fastest). With ``pooled_eyes`` the two eye slots take two different shared
+    eye candidates: every eye pair ``(a, b)``, ``a < b``, each with every choice of the other
+    classes. A copy of a cached array (the same few option sets recur for every volume)."""
+    return _combinations_cached(options, pooled_eyes).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _combinations_cached(options: tuple[tuple[int, ...], ...], pooled_eyes: bool) -> np.ndarray:
+    if not pooled_eyes:
+        return np.array(list(itertools.product(*options)), dtype=np.int64).reshape(-1, NUM_LANDMARKS)
     others = [k for k in range(NUM_LANDMARKS) if k not in EYES]
-    combos = []
-    for (a, b), rest in itertools.product(pairs, itertools.product(*(options[k] for k in others))):
-        row = np.empty(NUM_LANDMARKS, dtype=np.int64)
-        row[EYES[0]], row[EYES[1]] = a, b
-        row[others] = rest
-        combos.append(row)
-    return np.array(combos, dtype=np.int64).reshape(-1, NUM_LANDMARKS)
+    rows = []
+    for a, b in itertools.combinations(options[EYES[0]], 2):
+        for rest in itertools.product(*(options[k] for k in others)):
+            row = [0] * NUM_LANDMARKS
+            row[EYES[0]], row[EYES[1]] = a, b
+            for k, v in zip(others, rest):
+                row[k] = v
+            rows.append(row)
+    return np.array(rows, dtype=np.int64).reshape(-1, NUM_LANDMARKS)
 
 
 def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior: GraphPrior,
@@ -379,25 +394,25 @@ def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior:
     if c.ndim != 3 or c.shape[0] != NUM_LANDMARKS or c.shape[2] != 3 or s.shape != c.shape[:2]:
         raise ValueError(f"need cand_centres (5, k, 3) and cand_scores (5, k), got {c.shape} and {s.shape}")
     valid = np.all(np.isfinite(c), axis=-1) & ~(np.isneginf(s) | np.isnan(s))
-    options = [np.flatnonzero(valid[k]) for k in range(NUM_LANDMARKS)]
+    options = tuple(tuple(np.flatnonzero(v).tolist()) for v in valid)
     missing = [LANDMARK_NAMES[k] for k, o in enumerate(options) if len(o) == 0]
     if missing:
         raise ValueError(f"no candidate for {', '.join(missing)}")
     rows = np.arange(NUM_LANDMARKS)
     if pooled_eyes:
-        combos = _pooled_eye_combinations(options)
+        combos = _combinations(options, pooled_eyes=True)
         if len(combos) == 0:
             raise ValueError("need two different eye candidates")
         pts = c[rows[None, :], combos]
         swap = name_eye_sides(pts)
         combos[swap] = combos[swap][:, list(FLIP_PERMUTATION)]
     else:
-        combos = np.array(list(itertools.product(*options)), dtype=np.int64)  # (C, 5)
+        combos = _combinations(options, pooled_eyes=False)  # (C, 5)
     pts = c[rows[None, :], combos]  # (C, 5, 3)
     lp = prior.log_penalty(pts)  # (C,)
     combo_scores = s[rows[None, :], combos]  # (C, 5)
     cost = combination_cost(lp, combo_scores, rule)
     order = np.lexsort((np.arange(len(combos)), -combo_scores.sum(axis=1), cost))
-    ranked = [(tuple(int(v) for v in combos[i]), float(lp[i])) for i in order]
+    ranked = list(zip(map(tuple, combos[order].tolist()), lp[order].tolist()))
     best = combos[order[0]]
     return PriorResult(best.copy(), pts[order[0]].copy(), float(lp[order[0]]), ranked)

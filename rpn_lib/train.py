@@ -217,6 +217,8 @@ def train(
         raise ValueError(f"eye_sides='geometry' needs a method that pools the eye classes (rpn, ssd), not {method!r}")
     if preset.anchor_layout != "all" and not meth.uses_anchor_layout:
         raise ValueError(f"anchor_layout={preset.anchor_layout!r} applies to rpn and faster-rcnn, not {method!r}")
+    if preset.block1_convs != 2 and not meth.uses_block1_convs:
+        raise ValueError(f"block1_convs={preset.block1_convs} applies to rpn only, not {method!r}")
     out = Path(out)
     dev = resolve_device(device)
     dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")

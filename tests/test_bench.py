@@ -221,6 +221,19 @@ def test_missing_peers_are_reported_not_fatal(tiny, monkeypatch) -> None:
         bench.bench_peers(p, ref, CPU, names=("nope",))
 
 
+def test_one_conv_peer_times_the_deviation(tiny) -> None:
+    """The one-conv-block-1 peer is the IG-RPN less block 1's second conv: fewer FLOPs by
+    exactly that layer's, on the same grid."""
+    p, case = tiny
+    ref = {"grid_shape": list(p.shape_vox), "network_ms": 1.0, "end_to_end": {"median_ms": 2.0}}
+    (row,) = bench.bench_peers(p, ref, CPU, repeats=1, warmup=0, names=(bench.ONE_CONV_PEER,),
+                               volume=case.volume, affine=case.affine)
+    assert row["available"] and row["error"] is None and row["end_to_end_ms"] > 0
+    full = bench.count_flops(bench.build_model(p), (1, 1, *p.shape_vox))
+    layer = 2 * p.width * p.width * 27 * int(np.prod(p.shape_vox))
+    assert row["gflop"] == pytest.approx((full - layer) / 1e9, abs=1e-4)  # rounded to 4 decimals
+
+
 def test_matmul_peak_keys() -> None:
     m = bench.matmul_peak(64, "bf16", CPU, repeats=1, warmup=0)
     assert m["n"] == 64 and m["precision"] == "bf16" and m["gflops_per_s"] > 0 and m["best_gflops_per_s"] > 0

@@ -56,3 +56,34 @@ def test_rejects_bad_input() -> None:
         model(torch.zeros(1, 1, 20, 16, 16))
     with pytest.raises(ValueError, match="B, 1, D, H, W"):
         model(torch.zeros(1, 16, 16, 16))
+
+
+def test_one_conv_first_block_drops_exactly_the_second_conv() -> None:
+    """``block1_convs=1`` (a deviation): the same network less block 1's second conv-BN-ReLU."""
+    w = 4
+    two, one = IGRPN(width=w), IGRPN(width=w, block1_convs=1)
+    assert len(two.backbone.block1) == 2 and len(one.backbone.block1) == 1
+    assert count_parameters(two) - count_parameters(one) == w * w * 27 + 2 * w
+    out = one.eval()(torch.zeros(1, 1, 16, 16, 16))
+    assert out.cls_logits.shape == two.eval()(torch.zeros(1, 1, 16, 16, 16)).cls_logits.shape
+    with pytest.raises(ValueError, match="block1_convs"):
+        IGRPN(width=w, block1_convs=3)
+
+
+def test_one_conv_first_block_is_a_preset_field() -> None:
+    from rpn_lib.methods import get_method
+    from rpn_lib.presets import Preset, get_preset
+    from rpn_lib.train import train
+
+    p = get_preset("cpu-small")
+    assert p.block1_convs == 2  # the paper
+    one = p.replace(block1_convs=1)
+    assert Preset.from_dict(one.to_dict()) == one
+    assert len(get_method("rpn").build(one).backbone.block1) == 1
+    legacy = p.to_dict()
+    del legacy["block1_convs"]  # checkpoints written before the field existed
+    assert Preset.from_dict(legacy).block1_convs == 2
+    with pytest.raises(ValueError, match="block1_convs"):
+        p.replace(block1_convs=0)
+    with pytest.raises(ValueError, match="rpn only"):
+        train("unused", "unused", preset=one, method="ssd")

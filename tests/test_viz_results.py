@@ -25,6 +25,7 @@ from rpn_lib.errors import DataError  # noqa: E402
 from rpn_lib.landmarks import LANDMARK_NAMES  # noqa: E402
 from rpn_lib.paired import score_error_correlation  # noqa: E402
 from rpn_lib.presets import Preset, get_preset  # noqa: E402
+from rpn_lib.bench import ONE_CONV_PEER  # noqa: E402
 from rpn_lib.replicate import METRICS_FILE, SHIPPED_VS_PEER, VARIANTS, build_tables  # noqa: E402
 from rpn_lib.viz import bench_results as B  # noqa: E402
 from rpn_lib.viz import results as R  # noqa: E402
@@ -444,10 +445,11 @@ def test_retinanet_target_uses_the_budget_comparison_when_given(planted: tuple[P
                                      "MONAI RetinaNet (peer)"), "question": SHIPPED_VS_PEER}]
 
     def budget(p: float, lo: float, hi: float, diff: float) -> dict:
-        pairs = [{**pair(0.5, -1, 1, 0.0, f"IG-RPN, {s}", f"peer, {s}"), "seeds": [0],
+        ig, peer = B.BUDGET_SHIPPED, B.BUDGET_PEER
+        pairs = [{**pair(0.5, -1, 1, 0.0, f"{ig}, {s}", f"{peer}, {s}"), "seeds": [0],
                   "question": f"the shipped model vs the peer at 3,800 steps, {s}"}
                  for s in ("no prior", "paper prior")]
-        pairs.append({**pair(p, lo, hi, diff, "IG-RPN, calibrated prior", "peer, calibrated prior"), "seeds": [0],
+        pairs.append({**pair(p, lo, hi, diff, f"{ig}, calibrated prior", f"{peer}, calibrated prior"), "seeds": [0],
                       "question": "the shipped model vs the peer at 3,800 steps, calibrated prior"})
         return {"pairs": pairs}
 
@@ -455,14 +457,44 @@ def test_retinanet_target_uses_the_budget_comparison_when_given(planted: tuple[P
         return next(c for c in B.check_targets(planted_bench(retina_x=x), t, b) if c.target.startswith("faster"))
 
     c = peer_check(budget(0.001, -1.5, -0.5, -1.0))  # the IG-RPN closer at the shipped budget
-    assert c.met is True and "IG-RPN, calibrated prior is closer" in c.note and "1 seed" in c.note
-    assert "at 2,400 steps (Table 1)" in c.note and "MONAI RetinaNet (peer) is closer" in c.note
+    assert c.met is True and f"{B.BUDGET_SHIPPED}, calibrated prior is closer" in c.note and "1 seed" in c.note
+    assert "at 2,400 steps (Table 1)" in c.note and "MONAI RetinaNet (peer) is closer" in c.note and ".;" not in c.note
     assert peer_check(budget(0.001, 0.5, 1.5, 1.0)).met is False  # the peer closer
     assert peer_check(budget(0.3, -0.5, 0.4, -0.1)).met is True  # no significant difference: equal
     assert peer_check(budget(0.001, -1.5, -0.5, -1.0), x=0.7).met is False  # closer but slower
-    assert B.budget_pair(budget(0.3, -0.5, 0.4, -0.1), "no prior")["a"] == "IG-RPN, no prior"
+    assert B.budget_pair(budget(0.3, -0.5, 0.4, -0.1), "no prior")["a"] == f"{B.BUDGET_SHIPPED}, no prior"
     with pytest.raises(ValueError, match="setting"):
         B.budget_pair({"pairs": []})
+
+
+def test_one_conv_deviation_gets_its_own_retinanet_check() -> None:
+    """The IG-RPN with one conv in block 1 is judged on its own time against RetinaNet's and on
+    its own accuracy comparison with the peer; the paper architecture's row is unchanged."""
+    bench = planted_bench(retina_x=0.9)  # the paper architecture: RetinaNet faster
+    for r in bench["presets"].values():
+        retina = next(pe for pe in r["peers"] if pe["name"] == "retinanet")
+        r["peers"].append({"name": ONE_CONV_PEER, "network_ms": 60.0, "end_to_end_ms": retina["end_to_end_ms"] / 1.25,
+                           "x_igrpn_network": 0.6, "x_igrpn_end_to_end": 0.7, "gflop": 8.0, "reason": None,
+                           "error": None})
+
+    def budget(p: float, lo: float, hi: float, diff: float) -> dict:
+        s = B.BUDGET_SETTING
+        return {"pairs": [{**pair(0.3, -0.5, 0.4, -0.1, f"{B.BUDGET_SHIPPED}, {s}", f"{B.BUDGET_PEER}, {s}"), "seeds": [0]},
+                          {**pair(p, lo, hi, diff, f"{B.BUDGET_1CONV}, {s}", f"{B.BUDGET_PEER}, {s}"), "seeds": [0]}]}
+
+    def rows(b: dict | None) -> dict[str, B.TargetCheck]:
+        return {c.where: c for c in B.check_targets(bench, None, b) if c.target.startswith("faster")}
+
+    r = rows(budget(0.3, -0.5, 0.4, -0.1))  # no significant difference: equal accuracy
+    assert r["paper, fp32"].met is False  # 0.9x: RetinaNet faster than the paper architecture
+    one = r["paper, fp32, one conv in block 1 (deviation)"]
+    assert one.measured == pytest.approx(1.25) and one.met is True and B.BUDGET_1CONV in one.note
+    assert rows(budget(0.001, 0.5, 1.5, 1.0))["paper, fp32, one conv in block 1 (deviation)"].met is False  # less accurate
+    undecided = rows(None)["paper, fp32, one conv in block 1 (deviation)"]
+    assert undecided.met is None and "make peer-budget" in undecided.note
+    for r in bench["presets"].values():  # slower than RetinaNet: a miss whatever the accuracy
+        next(pe for pe in r["peers"] if pe["name"] == ONE_CONV_PEER)["end_to_end_ms"] = 1e6
+    assert rows(budget(0.3, -0.5, 0.4, -0.1))["cpu-small, fp32, one conv in block 1 (deviation)"].met is False
 
 
 def test_budget_table_lists_every_evaluation() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rpn_lib.bench import ONE_CONV_PEER
 from rpn_lib.replicate import MISSING, SHIPPED_VS_PEER
 from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 
@@ -26,7 +27,7 @@ __all__ = [
     "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
     "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "plot_peers", "accuracy_text", "TargetCheck",
-    "BUDGET_SETTING", "budget_pair", "budget_html", "check_targets", "targets_html",
+    "BUDGET_SETTING", "BUDGET_SHIPPED", "BUDGET_PEER", "BUDGET_1CONV", "budget_pair", "budget_html", "check_targets", "targets_html",
 ]
 
 
@@ -437,13 +438,23 @@ BUDGET_SETTING = "calibrated prior"
 detector's own (chosen before the comparison was run)."""
 
 
-def budget_pair(budget: Mapping[str, Any], setting: str = BUDGET_SETTING) -> dict[str, Any]:
-    """The paired comparison of ``results/budget-3800/comparison.json`` under ``setting``
-    (``"no prior"``, ``"paper prior"`` or ``"calibrated prior"``)."""
+BUDGET_SHIPPED = "IG-RPN (shipped recipe, 3,800 steps)"
+"""The shipped model in ``results/budget-3800/comparison.json``."""
+BUDGET_PEER = "MONAI RetinaNet (peer, 3,800 steps)"
+"""MONAI's RetinaNet trained for the shipped model's 3,800 steps."""
+BUDGET_1CONV = "IG-RPN, one conv in block 1 (deviation, 3,800 steps)"
+"""The shipped recipe with ``Preset.block1_convs = 1``, trained for the same 3,800 steps."""
+
+
+def budget_pair(budget: Mapping[str, Any], setting: str = BUDGET_SETTING, a: str = BUDGET_SHIPPED,
+                b: str = BUDGET_PEER) -> dict[str, Any]:
+    """The paired comparison of detector ``a`` against ``b`` in
+    ``results/budget-3800/comparison.json`` under ``setting`` (``"no prior"``, ``"paper prior"``
+    or ``"calibrated prior"``). Raises ``ValueError`` when the file has no such comparison."""
     for p in budget["pairs"]:
-        if p["question"].endswith(f", {setting}"):
+        if p["a"] == f"{a}, {setting}" and p["b"] == f"{b}, {setting}":
             return p
-    raise ValueError(f"no comparison with setting {setting!r} in the budget file")
+    raise ValueError(f"no comparison of {a!r} against {b!r} with setting {setting!r} in the budget file")
 
 
 def budget_html(budget: Mapping[str, Any]) -> str:
@@ -472,7 +483,10 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
       the same 3,800 steps), its comparison under :data:`BUDGET_SETTING` decides, and the
       Table 1 comparison is quoted beside it; otherwise, with ``tables``, Table 1's (2,400
       steps, 3 seeds; the shipped recipe, eye sides by handedness and cube anchors, when its
-      runs exist, else the paper's recipe);
+      runs exist, else the paper's recipe). When the benchmark has the :data:`ONE_CONV_PEER`
+      row (the IG-RPN with one conv in block 1, a deviation), a second row per preset checks
+      that model: its time against RetinaNet's in the same run, its accuracy from the
+      budget file's comparison of :data:`BUDGET_1CONV` with :data:`BUDGET_PEER`;
     * on a CUDA GPU, ``paper`` scale under 20 ms with mixed precision.
 
     An autocast measurement counts only when the accuracy check found d-mean within 0.1 mm
@@ -533,14 +547,26 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
         pair = budget_pair(budget)
         v = pair_verdict(pair)
         acc_ok = None if v in ("missing", "mixed") else v in ("a", "none")
-        acc_note = "; ".join(n for n in (f"accuracy at the shipped budget ({BUDGET_SETTING}, 1 seed): "
-                                         f"{describe_pair(pair)}", acc_note.replace("accuracy (Table 1)",
-                                                                                     "at 2,400 steps (Table 1)"))
+        acc_note = "; ".join(n.rstrip(".") for n in (f"accuracy at the shipped budget ({BUDGET_SETTING}, 1 seed): "
+                                                     f"{describe_pair(pair)}", acc_note.replace("accuracy (Table 1)",
+                                                                                                 "at 2,400 steps (Table 1)"))
                              if n)
     if not any(pe["name"] == "retinanet" for r in presets.values() for pe in r["peers"]):
         out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)", "not in this file", None, 1.0,
                                "×", None, join("the peer was not benchmarked (rpn-lib bench --peers)", quick)))
+    one_conv_acc: tuple[bool | None, str] = (None, "accuracy of the one-conv model not compared "
+                                                   "(results/budget-3800/comparison.json: make peer-budget)")
+    if budget is not None:
+        try:
+            pair = budget_pair(budget, a=BUDGET_1CONV)
+        except ValueError:
+            pass
+        else:
+            v = pair_verdict(pair)
+            one_conv_acc = (None if v in ("missing", "mixed") else v in ("a", "none"),
+                            f"accuracy at the shipped budget ({BUDGET_SETTING}, 1 seed): {describe_pair(pair)}")
     for name, r in presets.items():
+        by_name = {pe["name"]: pe for pe in r["peers"]}
         for pe in r["peers"]:
             if pe["name"] != "retinanet":
                 continue
@@ -553,6 +579,17 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
             note = pe.get("reason") or pe.get("error") or acc_note or "accuracy not compared here"
             out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)", f"{name}, fp32", x, 1.0,
                                    "×", met, join(note, quick)))
+            one = by_name.get(ONE_CONV_PEER)
+            if one is None or one.get("error") or pe.get("error") or pe.get("reason"):
+                continue
+            key = "end_to_end_ms" if one.get("end_to_end_ms") and pe.get("end_to_end_ms") else "network_ms"
+            if not one.get(key) or not pe.get(key):
+                continue
+            x1 = pe[key] / one[key]
+            met1 = one_conv_acc[0] if x1 > 1.0 else False
+            out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)",
+                                   f"{name}, fp32, one conv in block 1 (deviation)", x1, 1.0, "×", met1,
+                                   join(one_conv_acc[1], "" if key == "end_to_end_ms" else "network only", quick)))
     gpu = bench["machine"].get("gpu")
     if gpu and "paper" in presets:
         for prec, d in presets["paper"]["detect"].items():
