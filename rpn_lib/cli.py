@@ -465,13 +465,17 @@ def _size_list(text: str) -> list[int]:
 
 
 def _peer_list(text: str) -> list[str]:
-    """``"heatmap,retinanet"`` -> names for ``--peers``; ``"none"`` -> ``[]``."""
+    """``"heatmap,retinanet"`` -> names for ``--peers``; ``"none"`` -> ``[]``; ``"all"`` -> every
+    peer of :data:`rpn_lib.bench.PEERS`."""
     from rpn_lib.bench import PEERS
 
-    names = [] if text.strip().lower() == "none" else [v.strip() for v in text.split(",") if v.strip()]
+    word = text.strip().lower()
+    if word == "all":
+        return list(PEERS)
+    names = [] if word == "none" else [v.strip() for v in text.split(",") if v.strip()]
     unknown = [n for n in names if n not in PEERS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown peer(s) {unknown}; choose from {','.join(PEERS)} or none")
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {unknown}; choose from {','.join(PEERS)}, all or none")
     return names
 
 
@@ -508,8 +512,9 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--markdown", type=Path, default=None, help="also write the printed table to this file")
     p.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (a smoke test, not a measurement)")
     p.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
-    p.add_argument("--peers", type=_peer_list, default="heatmap,ssd,faster-rcnn,retinanet",
-                   help="comparison models measured at the same input, or none")
+    p.add_argument("--peers", type=_peer_list, default="all",
+                   help="comparison models measured at the same input, comma-separated (igrpn-1conv, heatmap, "
+                   "ssd, faster-rcnn, retinanet), all, or none")
     p.add_argument("--accuracy-data", type=Path, default=None,
                    help="dataset folder: compare d-mean of --model in fp32 and autocast on its test split")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,18 @@ def _three(det: Detector, paper: Any, data: Path, label: str) -> dict[str, dict[
     return out
 
 
+def _training(run: Path) -> dict[str, Any]:
+    """Steps and wall-clock seconds of a training run, from its ``train.json`` (empty when it has
+    none); the seconds are those of its last session, all of it for a run never resumed."""
+    path = run / "train.json"
+    if not path.exists():
+        return {}
+    info = json.loads(path.read_text())
+    return {"steps": info.get("steps"), "seconds_this_session": info.get("seconds_this_session"),
+            "precision": info.get("precision"),
+            "threads": info.get("threads")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "synth-cpu-small")
@@ -111,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  else args.model),
            "peer_run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run),
            "one_conv_run": str(run_1conv.relative_to(ROOT) if run_1conv.is_relative_to(ROOT) else run_1conv),
+           "training": {SHIPPED: _training(args.model.parent), ONE_CONV: _training(run_1conv), PEER: _training(run)},
            "evaluations": {d: {s: {k: v for k, v in e.items() if k != "per_case"} for s, e in r.items()}
                            for d, r in res.items()},
            "pairs": pairs}

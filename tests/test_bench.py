@@ -221,6 +221,13 @@ def test_missing_peers_are_reported_not_fatal(tiny, monkeypatch) -> None:
         bench.bench_peers(p, ref, CPU, names=("nope",))
 
 
+def test_peer_list_words() -> None:
+    from rpn_lib.cli import _peer_list
+
+    assert _peer_list("all") == list(bench.PEERS) and bench.ONE_CONV_PEER in _peer_list("all")
+    assert _peer_list("none") == [] and _peer_list("ssd, retinanet") == ["ssd", "retinanet"]
+
+
 def test_one_conv_peer_times_the_deviation(tiny) -> None:
     """The one-conv-block-1 peer is the IG-RPN less block 1's second conv: fewer FLOPs by
     exactly that layer's, on the same grid."""

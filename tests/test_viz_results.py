@@ -492,9 +492,33 @@ def test_one_conv_deviation_gets_its_own_retinanet_check() -> None:
     assert rows(budget(0.001, 0.5, 1.5, 1.0))["paper, fp32, one conv in block 1 (deviation)"].met is False  # less accurate
     undecided = rows(None)["paper, fp32, one conv in block 1 (deviation)"]
     assert undecided.met is None and "make peer-budget" in undecided.note
+    table = {r["preset"]: r for r in B.one_conv_rows(bench)}
+    paper = table["paper"]
+    assert paper["timed"] == "end to end" and paper["x_retinanet"] == pytest.approx(1.25)
+    assert paper["x_igrpn"] == pytest.approx(paper["one_conv_ms"] / paper["igrpn_ms"]) and paper["gflop_one_conv"] == 8.0
+    assert cells(B.one_conv_html(bench))[1][6] == "1.25×"
     for r in bench["presets"].values():  # slower than RetinaNet: a miss whatever the accuracy
         next(pe for pe in r["peers"] if pe["name"] == ONE_CONV_PEER)["end_to_end_ms"] = 1e6
     assert rows(budget(0.3, -0.5, 0.4, -0.1))["cpu-small, fp32, one conv in block 1 (deviation)"].met is False
+    for r in bench["presets"].values():  # a failed peer: no row, no check
+        next(pe for pe in r["peers"] if pe["name"] == ONE_CONV_PEER)["error"] = "RuntimeError: boom"
+    assert B.one_conv_rows(bench) == [] and not any("deviation" in w for w in rows(None))
+
+
+def test_layer_flops_plot_marks_the_first_blocks_second_conv() -> None:
+    from rpn_lib.model import IGRPN
+    from rpn_lib.receptive_field import layer_table
+
+    layers = layer_table(IGRPN(width=32), (128, 128, 128))
+    fig = B.plot_layer_flops(layers)
+    ax = fig.axes[0]
+    bars = {t.get_text().split(" ")[0]: p for t, p in zip(ax.get_yticklabels(), ax.patches)}
+    assert bars["block1.conv2"].get_width() == pytest.approx(2 * 32 * 32 * 27 * 128 ** 3 / 1e9)
+    assert bars["block1.conv2"].get_facecolor() != bars["block1.conv1"].get_facecolor()
+    assert any("(29 %)" in t.get_text() for t in ax.texts)  # 116 of 394 GFLOP
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no convolution"):
+        B.plot_layer_flops([])
 
 
 def test_budget_table_lists_every_evaluation() -> None:

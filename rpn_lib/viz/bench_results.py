@@ -26,7 +26,7 @@ from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 __all__ = [
     "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
-    "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "plot_peers", "accuracy_text", "TargetCheck",
+    "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "accuracy_text", "TargetCheck",
     "BUDGET_SETTING", "BUDGET_SHIPPED", "BUDGET_PEER", "BUDGET_1CONV", "budget_pair", "budget_html", "check_targets", "targets_html",
 ]
 
@@ -350,9 +350,14 @@ def peers_html(bench: Mapping[str, Any]) -> str:
     return html_table(["preset", "model", "network ms", "× IG-RPN", "end to end ms", "× IG-RPN", "GFLOP", "note"], rows)
 
 
+def peer_ratio(pe: Mapping[str, Any]) -> float | None:
+    """A peer's time over the IG-RPN's: end to end, else (no end-to-end time) the network's."""
+    return pe.get("x_igrpn_end_to_end") or pe.get("x_igrpn_network")
+
+
 def plot_peers(bench: Mapping[str, Any]) -> Any:
-    """End-to-end time of each peer over the IG-RPN's (network-only where no end-to-end time),
-    one group of bars per preset; the line at 1 is the IG-RPN."""
+    """Each peer's time over the IG-RPN's (:func:`peer_ratio`), one group of bars per preset;
+    the line at 1 is the IG-RPN."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
@@ -364,7 +369,7 @@ def plot_peers(bench: Mapping[str, Any]) -> Any:
         vals = []
         for n in names:
             pe = peers.get(n, {})
-            v = pe.get("x_igrpn_end_to_end") or pe.get("x_igrpn_network")
+            v = peer_ratio(pe)
             vals.append(np.nan if v is None else v)
         ax.bar(np.arange(len(names)) - 0.4 + width * (j + 0.5), vals, width=width * 0.95, color=f"C{j}", label=name)
     ax.axhline(1, color="0.3", lw=0.8)
@@ -372,6 +377,71 @@ def plot_peers(bench: Mapping[str, Any]) -> Any:
     ax.set_ylabel("time / IG-RPN's time")
     ax.legend(fontsize=8)
     return fig
+
+
+def one_conv_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The IG-RPN with one conv in block 1 (:data:`rpn_lib.bench.ONE_CONV_PEER`, a deviation)
+    against the paper's IG-RPN and MONAI's RetinaNet of the same run, per preset (fp32,
+    batch 1). Each row: ``preset``, ``timed`` (``"end to end"``, or ``"network"`` when a
+    model has no end-to-end time), ``igrpn_ms``, ``one_conv_ms``, ``retinanet_ms``,
+    ``x_igrpn`` (one-conv time over the IG-RPN's: below 1 is faster), ``x_retinanet``
+    (RetinaNet's time over the one-conv model's: above 1, the one-conv model is faster),
+    ``gflop_igrpn``, ``gflop_one_conv``. Presets where either peer is missing or failed are
+    left out."""
+    rows = []
+    for name, r in bench["presets"].items():
+        peers = {pe["name"]: pe for pe in r["peers"]}
+        one, retina = peers.get(ONE_CONV_PEER), peers.get("retinanet")
+        if not one or not retina or any(pe.get("error") or pe.get("reason") for pe in (one, retina)):
+            continue
+        d = r["detect"]["fp32"]
+        e2e = bool(one.get("end_to_end_ms") and retina.get("end_to_end_ms"))
+        key = "end_to_end_ms" if e2e else "network_ms"
+        mine = d["end_to_end"]["median_ms"] if e2e else d["network_ms"]
+        if not one.get(key) or not retina.get(key):
+            continue
+        rows.append({"preset": name, "timed": "end to end" if e2e else "network", "igrpn_ms": mine,
+                     "one_conv_ms": one[key], "retinanet_ms": retina[key], "x_igrpn": one[key] / mine,
+                     "x_retinanet": retina[key] / one[key], "gflop_igrpn": r.get("gflop_forward"),
+                     "gflop_one_conv": one.get("gflop")})
+    return rows
+
+
+def one_conv_html(bench: Mapping[str, Any]) -> str:
+    """:func:`one_conv_rows` as a table."""
+    rows = [[r["preset"], r["timed"], fmt_num(r["igrpn_ms"]), fmt_num(r["one_conv_ms"]), fmt_num(r["x_igrpn"], 2, "×"),
+             fmt_num(r["retinanet_ms"]), fmt_num(r["x_retinanet"], 2, "×"), fmt_num(r["gflop_igrpn"], 3),
+             fmt_num(r["gflop_one_conv"], 3)] for r in one_conv_rows(bench)]
+    return html_table(["preset", "timed", "IG-RPN ms", "one conv in block 1 ms", "× IG-RPN", "RetinaNet ms",
+                       "RetinaNet / one conv", "GFLOP IG-RPN", "GFLOP one conv"], rows)
+
+
+def plot_layer_flops(layers: Sequence[Any], highlight: str = "block1.conv2", ax: Any = None) -> Any:
+    """FLOPs of one forward pass per convolution (``2 x MACs`` of
+    :func:`rpn_lib.receptive_field.layer_table` rows), one horizontal bar each, in forward
+    order; the layer ``highlight`` in another colour, with its share of the total."""
+    import matplotlib.pyplot as plt
+
+    convs = [lay for lay in layers if lay.kind == "conv"]
+    if not convs:
+        raise ValueError("no convolution in the layer table")
+    gflop = np.array([2 * lay.macs / 1e9 for lay in convs])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.28 * len(convs) + 1.0), layout="constrained")
+    colours = ["C3" if lay.name == highlight else "C0" for lay in convs]
+    y = np.arange(len(convs))
+    ax.barh(y, gflop, color=colours)
+    ax.set_yticks(y, [f"{lay.name} ({lay.in_channels}→{lay.out_channels}, {lay.out_shape[0]}³)"
+                      if len(set(lay.out_shape)) == 1 else f"{lay.name} ({lay.in_channels}→{lay.out_channels})"
+                      for lay in convs], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("GFLOP per volume")
+    total = gflop.sum()
+    for i, lay in enumerate(convs):
+        if lay.name == highlight:
+            ax.text(gflop[i], i, f"  {gflop[i]:.0f} of {total:.0f} GFLOP ({100 * gflop[i] / total:.0f} %)",
+                    va="center", fontsize=8)
+    return ax.figure
 
 
 def accuracy_text(bench: Mapping[str, Any]) -> str:
@@ -566,11 +636,10 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
             one_conv_acc = (None if v in ("missing", "mixed") else v in ("a", "none"),
                             f"accuracy at the shipped budget ({BUDGET_SETTING}, 1 seed): {describe_pair(pair)}")
     for name, r in presets.items():
-        by_name = {pe["name"]: pe for pe in r["peers"]}
         for pe in r["peers"]:
             if pe["name"] != "retinanet":
                 continue
-            x = pe.get("x_igrpn_end_to_end") or pe.get("x_igrpn_network")
+            x = peer_ratio(pe)
             faster = None if x is None else x > 1.0
             if faster is None or (tables is None and budget is None) or not faster:
                 met = faster  # slower is a miss whatever the accuracy; without tables, time only
@@ -579,17 +648,12 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
             note = pe.get("reason") or pe.get("error") or acc_note or "accuracy not compared here"
             out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)", f"{name}, fp32", x, 1.0,
                                    "×", met, join(note, quick)))
-            one = by_name.get(ONE_CONV_PEER)
-            if one is None or one.get("error") or pe.get("error") or pe.get("reason"):
-                continue
-            key = "end_to_end_ms" if one.get("end_to_end_ms") and pe.get("end_to_end_ms") else "network_ms"
-            if not one.get(key) or not pe.get(key):
-                continue
-            x1 = pe[key] / one[key]
-            met1 = one_conv_acc[0] if x1 > 1.0 else False
-            out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)",
-                                   f"{name}, fp32, one conv in block 1 (deviation)", x1, 1.0, "×", met1,
-                                   join(one_conv_acc[1], "" if key == "end_to_end_ms" else "network only", quick)))
+    for row in one_conv_rows(bench):
+        x1 = row["x_retinanet"]
+        met1 = one_conv_acc[0] if x1 > 1.0 else False
+        out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)",
+                               f"{row['preset']}, fp32, one conv in block 1 (deviation)", x1, 1.0, "×", met1,
+                               join(one_conv_acc[1], "" if row["timed"] == "end to end" else "network only", quick)))
     gpu = bench["machine"].get("gpu")
     if gpu and "paper" in presets:
         for prec, d in presets["paper"]["detect"].items():
