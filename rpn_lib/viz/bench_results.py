@@ -410,8 +410,8 @@ def one_conv_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
 def one_conv_html(bench: Mapping[str, Any]) -> str:
     """:func:`one_conv_rows` as a table."""
     rows = [[r["preset"], r["timed"], fmt_num(r["igrpn_ms"]), fmt_num(r["one_conv_ms"]), fmt_num(r["x_igrpn"], 2, "×"),
-             fmt_num(r["retinanet_ms"]), fmt_num(r["x_retinanet"], 2, "×"), fmt_num(r["gflop_igrpn"], 3),
-             fmt_num(r["gflop_one_conv"], 3)] for r in one_conv_rows(bench)]
+             fmt_num(r["retinanet_ms"]), fmt_num(r["x_retinanet"], 2, "×"), fmt_num(r["gflop_igrpn"], 1),
+             fmt_num(r["gflop_one_conv"], 1)] for r in one_conv_rows(bench)]
     return html_table(["preset", "timed", "IG-RPN ms", "one conv in block 1 ms", "× IG-RPN", "RetinaNet ms",
                        "RetinaNet / one conv", "GFLOP IG-RPN", "GFLOP one conv"], rows)
 
@@ -436,6 +436,7 @@ def plot_layer_flops(layers: Sequence[Any], highlight: str = "block1.conv2", ax:
                       for lay in convs], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("GFLOP per volume")
+    ax.set_xlim(0, 1.75 * gflop.max())  # room for the label of the highlighted bar
     total = gflop.sum()
     for i, lay in enumerate(convs):
         if lay.name == highlight:
