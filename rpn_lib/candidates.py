@@ -116,7 +116,8 @@ def _top_n_per_class(cls_logits: torch.Tensor, top_n: int,
     ``values`` and ``indices`` ``(C, top_n)`` and the ``C`` landmark classes they belong to."""
     n, k1 = cls_logits.shape
     b = math.gcd(n, BLOCK_ANCHORS)
-    blocks = cls_logits.reshape(n // b, b, k1).transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)  # (N/b, K+1, b)
+    blocks = cls_logits.reshape(n // b, b, k1).transpose(1, 2)  # (N/b, K+1, b)
+    blocks = blocks.to(torch.float32, memory_format=torch.contiguous_format)
     probs = torch.softmax(blocks, dim=1)  # (N/b, K+1, b), class 0 background
     searched = [c for c in range(k1 - 1) if not (pool_eyes and c == EYES[1])]
     if pool_eyes:  # the eye score is the sum of the two eye classes' probabilities
