@@ -60,24 +60,28 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Leading dimensions are batch dimensions: ``(..., N, 6)`` x ``(..., M, 6)`` ->
     ``(..., N, M)``, each batch element on its own (broadcast as in ``torch.matmul``).
     The intersection is built one axis at a time, so the largest temporary is one ``(N, M)``
-    matrix (labelling 2.1 M anchors against 5 boxes needs no ``(N, M, 3)`` array). A pair
-    whose union is empty (two boxes of zero volume) has IoU 0.
+    matrix (labelling 2.1 M anchors against 5 boxes needs no ``(N, M, 3)`` array); the
+    corners are computed once per set (few operations: at the NMS of a few hundred boxes the
+    cost is the number of tensor operations, not their size). A pair whose union is empty
+    (two boxes of zero volume) has IoU 0.
     """
     _check_boxes(a, "a")
     _check_boxes(b, "b")
     dtype = torch.promote_types(a.dtype, b.dtype)
-    a, b = a.to(dtype), b.to(dtype)
+    # corners as (..., 6, N) rows: each coordinate contiguous, so the broadcast min / max
+    # below run on contiguous rows (a strided operand would take a slow, unvectorised loop)
+    ca = cs_to_corners(a.to(dtype)).transpose(-2, -1).contiguous()[..., :, :, None]  # (..., 6, N, 1)
+    cb = ca.transpose(-2, -1) if b is a else cs_to_corners(b.to(dtype)).transpose(-2, -1).contiguous()[..., :, None, :]
     inter: torch.Tensor | None = None
     for ax in range(3):
-        a_lo = (a[..., ax] - a[..., ax + 3] / 2)[..., :, None]
-        a_hi = (a[..., ax] + a[..., ax + 3] / 2)[..., :, None]
-        b_lo = (b[..., ax] - b[..., ax + 3] / 2)[..., None, :]
-        b_hi = (b[..., ax] + b[..., ax + 3] / 2)[..., None, :]
-        side = (torch.minimum(a_hi, b_hi) - torch.maximum(a_lo, b_lo)).clamp_(min=0)
+        hi = torch.minimum(ca[..., ax + 3, :, :], cb[..., ax + 3, :, :])
+        side = hi.sub_(torch.maximum(ca[..., ax, :, :], cb[..., ax, :, :])).clamp_(min=0)
         inter = side if inter is None else inter.mul_(side)
     assert inter is not None
-    union = box_volume(a)[..., :, None] + box_volume(b)[..., None, :] - inter
-    return inter / union.clamp(min=torch.finfo(dtype).tiny)
+    vol_a = box_volume(a.to(dtype))[..., :, None]
+    vol_b = vol_a.transpose(-2, -1) if b is a else box_volume(b.to(dtype))[..., None, :]
+    union = (vol_a + vol_b).sub_(inter)
+    return inter / union.clamp_(min=torch.finfo(dtype).tiny)
 
 
 def box_iou_pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,6 +132,11 @@ class BoxCoder:
     def _w(self, like: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.weights, dtype=like.dtype, device=like.device)
 
+    @property
+    def _unit_weights(self) -> bool:
+        """All weights 1 (Eq. 1 exactly): scaling by them is skipped (the same numbers, fewer operations)."""
+        return all(w == 1.0 for w in self.weights)
+
     def encode(self, anchors: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         """Deltas that turn ``anchors`` ``(N, 6)`` into ``gt`` ``(N, 6)`` -> ``(N, 6)`` as
         ``(tz, ty, tx, td, th, tw)`` (Eq. 1 inverted, times ``weights``). Sizes must be > 0."""
@@ -137,7 +146,7 @@ class BoxCoder:
         anchors, gt = anchors.to(dtype), gt.to(dtype)
         a_c, a_s = anchors[..., :3], anchors[..., 3:]
         t = torch.cat([(gt[..., :3] - a_c) / a_s, torch.log(gt[..., 3:] / a_s)], dim=-1)
-        return t * self._w(t)
+        return t if self._unit_weights else t * self._w(t)
 
     def decode(self, anchors: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
         """Boxes ``(N, 6)`` from ``anchors`` ``(N, 6)`` and ``deltas`` ``(N, 6)`` (Eq. 1); size
@@ -146,7 +155,7 @@ class BoxCoder:
         _check_boxes(deltas, "deltas")
         dtype = torch.promote_types(anchors.dtype, deltas.dtype)
         anchors, deltas = anchors.to(dtype), deltas.to(dtype)
-        t = deltas / self._w(deltas)
+        t = deltas if self._unit_weights else deltas / self._w(deltas)
         a_c, a_s = anchors[..., :3], anchors[..., 3:]
         # Clamp before exp: a large size delta would overflow to inf (see class docstring).
         t_s = torch.clamp(t[..., 3:], max=self.bbox_xform_clip)
@@ -178,7 +187,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
 
 
 def nms_stacked(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
-                max_keep: int | None = None) -> list[torch.Tensor]:
+                max_keep: int | None = None, presorted: bool = False) -> list[torch.Tensor]:
     """:func:`nms` of ``C`` independent sets of boxes at once (e.g. one set per class).
 
     The ``C`` sorts and IoU matrices are single batched tensor operations and one transfer;
@@ -190,6 +199,9 @@ def nms_stacked(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
         scores: ``(C, N)``.
         iou_threshold: suppression threshold in [0, 1].
         max_keep: at most this many boxes kept per set; None keeps every survivor.
+        presorted: each set's ``scores`` are already in decreasing order (ties: lower index
+            first, as :func:`rpn_lib.candidates.top_class_probabilities` gives them), so the
+            sort is skipped; the result is then that of a sort only if this holds.
 
     Returns:
         ``C`` int64 tensors: the kept indices into ``boxes[c]``, by decreasing score.
@@ -200,13 +212,19 @@ def nms_stacked(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
     sets, n = scores.shape
     if n == 0:
         return [torch.zeros(0, dtype=torch.long, device=boxes.device) for _ in range(sets)]
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # (C, N)
-    ordered = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 6))
+    if presorted:
+        ordered, order_np = boxes, None
+    else:
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # (C, N)
+        ordered = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 6))
+        order_np = order.cpu().numpy()
     # One transfer of the overlap matrices, then sequential sweeps (greedy NMS is sequential;
     # a NumPy sweep: indexing torch tensors element by element costs microseconds each)
     over = (box_iou(ordered, ordered) > iou_threshold).cpu().numpy()  # (C, N, N)
-    order_np = order.cpu().numpy()
-    return [torch.from_numpy(order_np[c][_greedy_sweep(over[c], max_keep)]).to(boxes.device) for c in range(sets)]
+    keeps = [_greedy_sweep(over[c], max_keep) for c in range(sets)]
+    if order_np is not None:
+        keeps = [order_np[c][keep] for c, keep in enumerate(keeps)]
+    return [torch.from_numpy(keep).to(boxes.device) for keep in keeps]
 
 
 def _greedy_sweep(over: np.ndarray, max_keep: int | None) -> np.ndarray:

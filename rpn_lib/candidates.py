@@ -56,7 +56,8 @@ def select_candidates(cls_logits: torch.Tensor, deltas: torch.Tensor, anchors: t
     values, indices, searched = _top_n_per_class(cls_logits, top_n, pool_eyes)  # (C, top_n) each
     flat = indices.reshape(-1)
     decoded = coder.decode(anchors[flat].float(), deltas[flat].float()).reshape(len(searched), top_n, 6)
-    keeps = nms_stacked(decoded, values, nms_iou, max_keep=top_k)  # all classes' NMS at once
+    # all classes' NMS at once; values are by decreasing value, ties by position (no sort needed)
+    keeps = nms_stacked(decoded, values, nms_iou, max_keep=top_k, presorted=True)
     # one gather of every class's survivors, then views per class
     rows = torch.cat([j * top_n + keep for j, keep in enumerate(keeps)])
     sizes = [len(keep) for keep in keeps]
@@ -119,12 +120,17 @@ def _top_n_per_class(cls_logits: torch.Tensor, top_n: int,
     blocks = cls_logits.reshape(n // b, b, k1).transpose(1, 2)  # (N/b, K+1, b)
     blocks = blocks.to(torch.float32, memory_format=torch.contiguous_format)
     probs = torch.softmax(blocks, dim=1)  # (N/b, K+1, b), class 0 background
-    searched = [c for c in range(k1 - 1) if not (pool_eyes and c == EYES[1])]
+    searched = list(range(k1 - 1))
+    per_class = probs[:, 1:]  # (N/b, K, b), a view
     if pool_eyes:  # the eye score is the sum of the two eye classes' probabilities
-        probs[:, 1 + EYES[0]] += probs[:, 1 + EYES[1]]
-        per_class = probs[:, [1 + c for c in searched]]
-    else:
-        per_class = probs[:, 1:]
+        e0, e1, last = EYES[0], EYES[1], k1 - 2
+        per_class[:, e0] += per_class[:, e1]
+        # the second eye's row is not searched: the last class takes its place, and the
+        # first K - 1 rows stay a view (no copy of the probabilities)
+        if e1 != last:
+            per_class[:, e1] = per_class[:, last]
+            searched[e1] = last
+        searched, per_class = searched[:-1], per_class[:, :-1]
     values, indices = _top_n_by_blocks(per_class, top_n)
     return values, indices, searched
 

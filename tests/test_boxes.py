@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rpn_lib.boxes import (BoxCoder, box_iou, box_iou_pairwise, box_volume, corners_to_cs, cs_to_corners, nms)
+from rpn_lib.boxes import (BoxCoder, box_iou, box_iou_pairwise, box_volume, corners_to_cs, cs_to_corners, nms,
+                           nms_stacked)
 
 
 def t(rows) -> torch.Tensor:
@@ -153,3 +154,20 @@ def test_nms_properties(seed: int, n: int, thr: float) -> None:
         assert any(iou[r, k] > thr and scores[k] >= scores[r] for k in kept)
     for m in (1, 2, 5):  # an early stop gives the first m survivors of the full sweep
         assert nms(boxes, scores, thr, max_keep=m).tolist() == ks[:m]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 30), st.floats(0.05, 0.9))
+def test_nms_stacked_is_nms_of_each_set(seed: int, n: int, thr: float) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    boxes = torch.stack([random_boxes(n, gen) for _ in range(4)])  # (4, n, 6)
+    # coarse scores: many exact ties, which both paths must order by lower index first
+    scores = torch.randint(0, 4, (4, n), generator=gen).double()
+    stacked = nms_stacked(boxes, scores, thr, max_keep=3)
+    assert [k.tolist() for k in stacked] == [nms(b, s, thr, max_keep=3).tolist() for b, s in zip(boxes, scores)]
+    # presorted: the same sets given in decreasing score order (stable), with the sort skipped
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    s_sorted = torch.gather(scores, 1, order)
+    b_sorted = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 6))
+    pre = nms_stacked(b_sorted, s_sorted, thr, max_keep=3, presorted=True)
+    assert [order[c][k].tolist() for c, k in enumerate(pre)] == [k.tolist() for k in stacked]
