@@ -53,7 +53,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ from rpn_lib.inference import prepare_for_inference
 from rpn_lib.landmarks import LANDMARK_NAMES
 from rpn_lib.methods import TrainContext, get_method
 from rpn_lib.model import IGRPN
+from rpn_lib.precision import autocast_precisions, bf16_native, cpu_bf16_instructions
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.prior import GraphPrior
 from rpn_lib.train import resolve_device
@@ -277,6 +278,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "mkldnn": bool(torch.backends.mkldnn.is_available()), "device": str(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_instructions": cpu_bf16_instructions(),
+        "bf16_native": bf16_native(device),
         "gpu": None, "cuda": None, "cudnn_allow_tf32": None, "cuda_matmul_allow_tf32": None,
         "allocator": allocator.allocator_setting(),
     }
@@ -340,6 +343,21 @@ def matmul_peak(n: int = 4096, precision: str = "fp32", device: str | torch.devi
     return {"n": n, "precision": precision, "ms": t["median_ms"],
             "gflops_per_s": _r(flops / (t["median_ms"] * 1e-3) / 1e9, 1),
             "best_gflops_per_s": _r(flops / (t["min_ms"] * 1e-3) / 1e9, 1), "repeats": repeats}
+
+
+EMULATION_N = 256
+"""Side of the matmul of :func:`bf16_emulation` (small: emulated bf16 is slow)."""
+
+
+def bf16_emulation(device: str | torch.device = "cpu", n: int = EMULATION_N, repeats: int = 3) -> dict[str, Any]:
+    """What bf16 costs where it is not native: an ``n x n`` matmul in fp32 and in bf16, side by side.
+
+    Returns ``fp32`` and ``bf16`` (:func:`matmul_peak` rows) and ``slowdown``: the bf16 time
+    over the fp32 time (above 1: bf16 is slower).
+    """
+    f32 = matmul_peak(n, "fp32", device, repeats, 1)
+    b16 = matmul_peak(n, "bf16", device, repeats, 1)
+    return {"n": n, "fp32": f32, "bf16": b16, "slowdown": _r(b16["ms"] / f32["ms"], 1)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -652,10 +670,15 @@ def bench_sizes(sizes: Sequence[int] = DEFAULT_SIZES, width: int = DEFAULT_SIZE_
     return {"width": width, "stride": stride, "precision": precision, "rows": rows}
 
 
-def lever_settings(device: torch.device, threads: Sequence[int] = (), compile: bool = False) -> list[ForwardSetting]:
+def lever_settings(device: torch.device, threads: Sequence[int] = (), compile: bool = False,
+                   autocast: Sequence[str] | None = None) -> list[ForwardSetting]:
     """The lever combinations compared by :func:`bench_levers`; the first is the baseline
-    (fp32, ``inference_mode``, batch 1, current threads)."""
-    amp = ["bf16", "fp16"] if device.type == "cuda" else ["bf16"]
+    (fp32, ``inference_mode``, batch 1, current threads). ``autocast``: the reduced precisions
+    tried (None: :func:`~rpn_lib.precision.autocast_precisions`, those ``device`` computes
+    natively)."""
+    amp = list(autocast_precisions(device) if autocast is None else autocast)
+    # the fastest-looking combination, tried with each thread count and compiled
+    best = ForwardSetting(precision=amp[0], channels_last=True) if amp else ForwardSetting(channels_last=True)
     s = [ForwardSetting(), ForwardSetting(grad_mode="no_grad"), ForwardSetting(channels_last=True),
          ForwardSetting(channels_last=True, rewrite=True)]
     for a in amp:
@@ -663,12 +686,12 @@ def lever_settings(device: torch.device, threads: Sequence[int] = (), compile: b
               ForwardSetting(precision=a, channels_last=True, rewrite=True)]
     s += [ForwardSetting(batch=2)] + [ForwardSetting(precision=a, batch=2) for a in amp]
     s += [ForwardSetting(threads=int(n)) for n in threads]
-    s += [ForwardSetting(precision=amp[0], channels_last=True, threads=int(n)) for n in threads]
+    s += [replace(best, threads=int(n)) for n in threads]
     if device.type == "cuda":
         s += [ForwardSetting(cudnn_benchmark=True),
-              ForwardSetting(precision=amp[-1], channels_last=True, cudnn_benchmark=True)]
+              ForwardSetting(precision=amp[-1] if amp else "fp32", channels_last=True, cudnn_benchmark=True)]
     if compile:
-        s += [ForwardSetting(compile=True), ForwardSetting(precision=amp[0], channels_last=True, compile=True)]
+        s += [ForwardSetting(compile=True), replace(best, compile=True)]
     return s
 
 
@@ -870,9 +893,14 @@ def _bench_detector(loaded: LoadedModel | None, preset: Preset, device: torch.de
 def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str, Any]], repeats: int = 5,
                  warmup: int = 1, train_repeats: int = 3, model_path: Path | None = None,
                  threads: Sequence[int] = (), compile: bool = False, seed: int = 0,
-                 peers: Sequence[str] = tuple(PEERS), log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                 peers: Sequence[str] = tuple(PEERS), log: Callable[[str], None] = lambda s: None,
+                 autocast: Sequence[str] | None = None) -> dict[str, Any]:
     """Every per-preset measurement: detection (fp32 and autocast), FLOP efficiency, training
-    step (fp32 and bf16), levers and peers. ``peaks``: :func:`matmul_peak` per precision."""
+    step (fp32 and bf16), levers and peers. ``peaks``: :func:`matmul_peak` per precision.
+    ``autocast``: the reduced precisions measured (None: :func:`~rpn_lib.precision.autocast_precisions`,
+    those the device computes natively); detection uses the one :class:`Detector` takes
+    (:func:`amp_precision`), training bf16, each where it is in the list."""
+    amp = list(autocast_precisions(device) if autocast is None else autocast)
     loaded = load_model(model_path) if model_path is not None else None
     p = loaded.preset if loaded is not None else preset
     case = generate_case(seed, preset.spacing_mm, preset.shape_vox)
@@ -882,7 +910,7 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
         "model": (str(model_path) if model_path is not None
                   else "untrained (random weights, prior fitted on synthetic landmarks)"),
     }
-    precisions = ["fp32", amp_precision(device)]
+    precisions = ["fp32", *([amp_precision(device)] if amp_precision(device) in amp else [])]
     res["detect"] = {}
     for prec in precisions:
         log(f"{preset.name}: detect {prec}")
@@ -902,13 +930,14 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
             d = res["detect"][prec]
             res["efficiency"][prec] = _efficiency(gflop, d["network_ms"], d["end_to_end"]["median_ms"], peaks[prec])
     res["train"] = {}
-    for prec in ("fp32", "bf16"):
+    for prec in ("fp32", *(["bf16"] if "bf16" in amp else [])):
         log(f"{preset.name}: training step {prec}")
         res["train"][prec] = bench_train_step(p.replace(shape_vox=grid), device, prec, train_repeats,
                                               min(warmup, 1), seed)
         gc.collect()
     log(f"{preset.name}: levers")
-    res["levers"] = bench_levers(model, grid, device, repeats, warmup, threads, compile)
+    res["levers"] = bench_levers(model, grid, device, repeats, warmup, threads, compile,
+                                 settings=lever_settings(device, threads, compile, amp))
     log(f"{preset.name}: peers")
     res["peers"] = bench_peers(p, res["detect"]["fp32"], device, repeats, warmup, names=peers, volume=case.volume,
                                affine=case.affine, seed=seed)
@@ -998,7 +1027,8 @@ def run_benchmark(presets: Sequence[str] = ("cpu-small", "paper"), model_path: s
                   markdown: str | Path | None = None, quick: bool = False, compile: bool = False,
                   accuracy_data: str | Path | None = None, device: str | torch.device = "auto",
                   threads: Sequence[int] | None = None, matmul_n: int = 4096, seed: int = 0,
-                  peers: Sequence[str] = tuple(PEERS), log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  peers: Sequence[str] = tuple(PEERS), log: Callable[[str], None] | None = None,
+                  autocast: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, write ``out`` (JSON) and ``markdown`` (the table) atomically, return
     the result.
 
@@ -1023,6 +1053,11 @@ def run_benchmark(presets: Sequence[str] = ("cpu-small", "paper"), model_path: s
         matmul_n: side of the dense matmul that measures the peak.
         peers: comparison models (:data:`PEERS` keys) measured beside the IG-RPN.
         log: progress messages (default: none).
+        autocast: reduced precisions measured beside fp32 (detection, training, levers, the
+            accuracy check). None: those the device computes natively
+            (:func:`~rpn_lib.precision.autocast_precisions`: bf16 on CPUs with AVX512-BF16 or
+            AMX, none on other CPUs, fp16 and bf16 on CUDA). Where bf16 is left out on a CPU,
+            ``bf16_emulation`` records a small matmul in both precisions: what bf16 would cost.
     """
     t_start = time.perf_counter()
     log = log or (lambda s: None)
@@ -1066,25 +1101,33 @@ def run_benchmark(presets: Sequence[str] = ("cpu-small", "paper"), model_path: s
     bad = [s for s in sizes if s < 8 or s % 8]
     if bad:  # checked now, not after the timings
         raise ValueError(f"volume sizes must be positive multiples of 8 (three down-samplings), got {bad}")
+    amp = list(autocast_precisions(dev) if autocast is None else autocast)
+    bad = sorted(set(amp) - set(PRECISIONS) | ({"fp32"} & set(amp)))
+    if bad:
+        raise ValueError(f"autocast precisions must be among {[p for p in PRECISIONS if p != 'fp32']}, got {bad}")
     if threads is None:
         cur = torch.get_num_threads()
         threads = sorted({1, usable_cores()} - {cur})
     settings = {"presets": names, "model": str(model_path) if model_path else None, "sizes": list(sizes or []),
                 "size_width": size_width, "repeats": repeats, "warmup": warmup, "train_repeats": train_repeats,
                 "quick": quick, "compile": compile, "thread_levers": list(threads), "matmul_n": matmul_n,
-                "peers": list(peers), "seed": seed}
+                "peers": list(peers), "seed": seed, "autocast": amp}
     created = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     result: dict[str, Any] = {"format": BENCH_FORMAT, "created": created,
                               "settings": settings, "machine": machine_info(dev)}
     log("matmul peak")
     result["matmul_peak"] = {prec: matmul_peak(matmul_n, prec, dev, max(repeats, 3), max(warmup, 1))
-                             for prec in ["fp32", *(["bf16", "fp16"] if dev.type == "cuda" else ["bf16"])]}
+                             for prec in ["fp32", *amp]}
+    result["bf16_emulation"] = None
+    if dev.type == "cpu" and "bf16" not in amp:
+        log("bf16 emulation")
+        result["bf16_emulation"] = bf16_emulation(dev)
     result["presets"] = {}
     for name in names:
         preset = quick_preset(name) if quick else get_preset(name)
         result["presets"][name] = bench_preset(preset, dev, result["matmul_peak"], repeats, warmup, train_repeats,
                                                model_path if name == loaded_name else None, threads, compile, seed,
-                                               peers, log)
+                                               peers, log, amp)
         log(f"{name}: allocator")
         result["presets"][name]["allocator"] = bench_allocator(
             name, quick, model_path if name == loaded_name else None, result["presets"][name]["detect"], dev,
@@ -1095,7 +1138,7 @@ def run_benchmark(presets: Sequence[str] = ("cpu-small", "paper"), model_path: s
     else:
         result["sizes"] = None
     result["accuracy"] = None
-    if accuracy_data is not None:
+    if accuracy_data is not None and amp_precision(dev) in amp:
         log("autocast accuracy")
         result["accuracy"] = amp_accuracy(model_path, accuracy_data, "test", dev)  # type: ignore[arg-type]
     result["seconds"] = _r(time.perf_counter() - t_start, 1)
@@ -1148,13 +1191,25 @@ def _allocator_line(a: dict[str, Any] | None) -> str:
     return f"{a['libc'] or 'not glibc'}, {_allocator_label(bool(a['retain_freed_memory'])) if a['libc'] else 'as it comes'}"
 
 
+def _bf16_line(m: dict[str, Any]) -> str:
+    """``", bf16 native (AVX512-BF16, AMX)"`` / ``", bf16 emulated (AVX2)"``; empty for results
+    written before the machine recorded it."""
+    if "bf16_native" not in m:
+        return ""
+    if m["bf16_native"]:
+        how = ", ".join(m.get("bf16_instructions") or []) or ("CUDA" if m.get("gpu") else "")
+        return f", bf16 native{f' ({how})' if how else ''}"
+    return f", bf16 emulated ({m.get('cpu_capability')})"
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The benchmark result as Markdown tables (also readable as plain fixed-width text)."""
     m, st = result["machine"], result["settings"]
     gpu = f"{m['gpu']} (CUDA {m['cuda']})" if m.get("gpu") else "none"
     out = ["# rpn-lib benchmark", "",
            f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, {m['memory_gb']} GB; GPU: {gpu}; "
-           f"torch {m['torch']}, {m['torch_threads']} threads; allocator: {_allocator_line(m.get('allocator'))}. "
+           f"torch {m['torch']}, {m['torch_threads']} threads{_bf16_line(m)}; "
+           f"allocator: {_allocator_line(m.get('allocator'))}. "
            f"Measured {result['created']} in {result['seconds']} s"
            f"{' (quick smoke-test scale: not a measurement)' if st['quick'] else ''}.",
            f"Times: median of {st['repeats']} runs after {st['warmup']} warm-up; memory: peak resident set of the "
@@ -1163,6 +1218,12 @@ def format_report(result: dict[str, Any]) -> str:
     out += _table(["precision", "ms", "GFLOP/s", "best GFLOP/s"],
                   [[k, _f(v["ms"], 2), _f(v["gflops_per_s"]), _f(v["best_gflops_per_s"])]
                    for k, v in result["matmul_peak"].items()])
+    emu = result.get("bf16_emulation")
+    if emu:
+        out += ["", f"bf16 is not native on this CPU ({m.get('cpu_capability')}; neither AVX512-BF16 nor AMX): a "
+                    f"{emu['n']} x {emu['n']} matmul takes {_f(emu['fp32']['ms'], 2)} ms in fp32 and "
+                    f"{_f(emu['bf16']['ms'], 2)} ms in bf16 ({_f(emu['slowdown'])}x as long), so bf16 is left out "
+                    "of every table below (rpn-lib bench --autocast bf16 measures it anyway)."]
     pres = result["presets"]
     rows = []
     for name, r in pres.items():

@@ -102,7 +102,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     # rpn_lib.methods.METHOD_NAMES, written out: importing it here would import torch for --help
     p.add_argument("--method", choices=["rpn", "ssd", "faster-rcnn", "heatmap"], default="rpn",
                    help="rpn: the IG-RPN; ssd, faster-rcnn, heatmap: the baselines (rpn_lib.baselines)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast precision of the forward pass")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="autocast precision of the forward pass; bf16 is fast only on CPUs with AVX512-BF16 or AMX "
+                   "(and on recent GPUs), elsewhere it is emulated and much slower; auto: bf16 where native, else fp32")
     p.add_argument("--channels-last", action="store_true",
                    help="weights and batches in channels_last_3d (faster with bf16 on a CPU; same training)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -170,8 +172,8 @@ def _add_prior_rule_arg(p: argparse.ArgumentParser) -> None:
 def _add_amp_arg(p: argparse.ArgumentParser) -> None:
     """``--amp`` (:class:`rpn_lib.detect.Detector`'s ``amp``)."""
     p.add_argument("--amp", action="store_true",
-                   help="run the network with autocast (bf16 on a CPU, fp16 on CUDA): faster on CPUs with bf16 "
-                   "support; results differ slightly from fp32 (the book's chapter Performance measures both on "
+                   help="run the network with autocast (bf16 on a CPU, fp16 on CUDA): faster on CPUs with "
+                   "AVX512-BF16 or AMX, much slower on other CPUs (a warning says so); results differ slightly from fp32 (the book's chapter Performance measures both on "
                    "its model)")
 
 
@@ -518,6 +520,9 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accuracy-data", type=Path, default=None,
                    help="dataset folder: compare d-mean of --model in fp32 and autocast on its test split")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--autocast", choices=["native", "bf16", "none"], default="native",
+                   help="reduced precision measured beside fp32: native (bf16 on CPUs with AVX512-BF16 or AMX, none "
+                   "on other CPUs, bf16 and fp16 on CUDA), bf16 (also where it is emulated: slow), or none")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=cmd_bench)
 
@@ -531,7 +536,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     res = run_benchmark(presets, model_path=args.model, sizes=args.sizes, size_width=args.size_width,
                         repeats=args.repeats, train_repeats=args.train_repeats, out=args.out, markdown=args.markdown,
                         quick=args.quick, compile=args.compile, accuracy_data=args.accuracy_data,
-                        device=args.device, peers=args.peers, log=log)
+                        device=args.device, peers=args.peers, log=log,
+                        autocast={"native": None, "bf16": ["bf16"], "none": []}[args.autocast])
     print(format_report(res), end="")
     print(f"wrote {args.out}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0
@@ -565,8 +571,9 @@ def _register_replicate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED", help="seeds per method")
     p.add_argument("--steps", type=int, default=None, help="training steps of every detector (default: the preset's)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
-                   help="autocast precision of training (bf16: the shipped model's, about 3x faster than fp32 on CPU)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+                   help="autocast precision of training: bf16 (the shipped runs') is native and faster than fp32 "
+                   "only on CPUs with AVX512-BF16 or AMX (and on recent GPUs); auto: bf16 where native, else fp32")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dry-run", action="store_true", help="print what is done and what is missing, change nothing")
     p.add_argument("--tables-only", action="store_true", help="train and evaluate nothing; rewrite the tables")

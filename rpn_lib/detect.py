@@ -35,6 +35,7 @@ from rpn_lib.handedness import name_eye_sides, right_direction
 from rpn_lib.inference import prepare_for_inference
 from rpn_lib.landmarks import EYES, LANDMARK_NAMES
 from rpn_lib.methods import CandidateSettings, ClassCandidates, method_from_dict
+from rpn_lib.precision import warn_if_emulated
 from rpn_lib.prior import GraphPrior, check_prior_rule, select_combination
 from rpn_lib.train import resolve_device
 
@@ -114,7 +115,10 @@ class Detector:
     Args:
         loaded: a model from :func:`rpn_lib.checkpoint.load_model`.
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
-        amp: bf16 (CPU) / fp16 (CUDA) autocast of the network.
+        amp: bf16 (CPU) / fp16 (CUDA) autocast of the network. On a CPU this pays only with
+            AVX512-BF16 or AMX (:func:`rpn_lib.precision.bf16_native`); elsewhere bf16 is
+            emulated, many times slower than fp32, and an
+            :class:`~rpn_lib.precision.EmulatedPrecisionWarning` says so.
         pre_nms_top_n: anchors per class decoded before NMS (for the baselines: boxes or
             heatmap peaks per class considered before NMS).
         keep_candidates: candidates kept per class after NMS (for ranked AP and viewing); the
@@ -162,6 +166,8 @@ class Detector:
         # a LoadedModel made by hand may leave the method out: its metadata names it (or an IG-RPN)
         self.method = loaded.method if loaded.method is not None else method_from_dict(loaded.meta)
         self.amp = amp
+        if amp and self.device.type == "cpu":
+            warn_if_emulated("bf16", self.device)
         self.pre_nms_top_n = pre_nms_top_n
         self.keep_candidates = max(keep_candidates, self.eye_pool_size)
         self._anchors: dict[tuple[int, int, int], torch.Tensor] = {}

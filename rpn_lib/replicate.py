@@ -296,7 +296,7 @@ def run_replication(
     seeds: Sequence[int] = DEFAULT_SEEDS,
     steps: int | None = None,
     preset: str | Preset = "cpu-small",
-    precision: str = "bf16",
+    precision: str = "auto",
     device: str = "auto",
     progress: bool = True,
     dry_run: bool = False,
@@ -314,7 +314,10 @@ def run_replication(
         seeds: seeds per method.
         steps: training steps of every detector (default: the preset's).
         preset: ``cpu-small`` (the benchmark of the book) or ``paper``.
-        precision, device, progress: passed to training and evaluation.
+        precision: training precision: ``"fp32"``, ``"bf16"`` (the shipped runs') or ``"auto"``
+            (bf16 where the device computes it natively, else fp32:
+            :func:`rpn_lib.precision.resolve_precision`).
+        device, progress: passed to training and evaluation.
         dry_run: print the plan and stop (writes nothing).
         tables_only: skip training and evaluation; write the tables from what exists.
         train_fn, evaluate_fn: the training and evaluation steps (tests replace them).
@@ -329,9 +332,13 @@ def run_replication(
     """
     preset = get_preset(preset)
     steps = int(steps if steps is not None else preset.steps)
+    from rpn_lib.precision import resolve_precision
+    from rpn_lib.train import resolve_device
+
+    precision = resolve_precision(precision, resolve_device(device))
     states = plan(results, methods, seeds, steps, preset)
     results = Path(results)
-    echo(f"replication plan in {results} (preset {preset.name}, {steps} steps, seeds "
+    echo(f"replication plan in {results} (preset {preset.name}, {steps} steps, {precision}, seeds "
          f"{' '.join(map(str, _check_seeds(seeds)))}):")
     echo(format_plan(states))
     if dry_run:

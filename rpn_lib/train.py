@@ -45,6 +45,7 @@ from rpn_lib.landmarks import LANDMARK_NAMES
 from rpn_lib.methods import (  # noqa: F401 - StepLosses, compute_losses, gt_boxes_from_landmarks: the book imports them from here
     StepLosses, TrainContext, compute_losses, get_method, gt_boxes_from_landmarks,
 )
+from rpn_lib.precision import resolve_precision, warn_if_emulated
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.prior import GraphPrior
 
@@ -195,7 +196,11 @@ def train(
         checkpoint_every: write ``checkpoint.pt`` and ``model.pt`` every this many steps.
         log_every: append the running mean of the losses to ``log.csv`` this often.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward pass).
+        precision: ``"fp32"``, ``"bf16"`` (autocast of the forward pass) or ``"auto"``: bf16
+            where the device computes it natively, else fp32
+            (:func:`rpn_lib.precision.resolve_precision`). bf16 on a CPU without AVX512-BF16
+            or AMX is emulated and much slower: it runs, with an
+            :class:`~rpn_lib.precision.EmulatedPrecisionWarning`.
         progress: show a progress bar with the loss and the step rate.
         max_cases: use only the first ``max_cases`` training cases (tests, quick demos).
         callback: called as ``callback(step, row)`` after each logged step.
@@ -210,8 +215,7 @@ def train(
     steps = int(steps if steps is not None else preset.steps)
     if steps <= 0:
         raise ValueError("steps must be positive")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    resolve_precision(precision)  # checked before anything is read
     meth = get_method(method, method_options)
     if preset.eye_sides == "geometry" and not meth.pools_eyes:
         raise ValueError(f"eye_sides='geometry' needs a method that pools the eye classes (rpn, ssd), not {method!r}")
@@ -221,6 +225,8 @@ def train(
         raise ValueError(f"block1_convs={preset.block1_convs} applies to rpn only, not {method!r}")
     out = Path(out)
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
+    warn_if_emulated(precision, dev)
     dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")
     ts = load_training_set(dataset, preset, progress=progress)
     if max_cases is not None:

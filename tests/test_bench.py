@@ -166,13 +166,17 @@ def test_training_step_rejects_fp16_on_cpu(tiny) -> None:
 
 
 def test_lever_settings() -> None:
-    labels = [s.label() for s in bench.lever_settings(CPU, threads=[1, 2], compile=True)]
+    labels = [s.label() for s in bench.lever_settings(CPU, threads=[1, 2], compile=True, autocast=["bf16"])]
     assert labels[0] == "fp32" and len(set(labels)) == len(labels)
     for want in ("fp32, no_grad", "fp32, channels_last_3d", "bf16", "bf16, channels_last_3d", "fp32, batch 2",
                  "bf16, batch 2", "fp32, 1 thread", "fp32, 2 threads", "fp32, torch.compile"):
         assert want in labels
     assert not any("fp16" in lb or "cudnn" in lb for lb in labels)  # GPU-only levers
     assert not any("compile" in s.label() for s in bench.lever_settings(CPU))
+    # without autocast (a CPU that emulates bf16): fp32 levers only, the thread levers on channels_last_3d
+    labels = [s.label() for s in bench.lever_settings(CPU, threads=[1], autocast=[])]
+    assert not any("bf16" in lb for lb in labels) and "fp32, channels_last_3d, 1 thread" in labels
+    assert len(set(labels)) == len(labels)
 
 
 def test_levers_side_by_side() -> None:
@@ -263,7 +267,8 @@ def quick_run(tmp_path_factory):
     write_synthetic_dataset(root / "data", n=2, n_test=1, seed=0, preset="cpu-small", progress=False)
     out, md = root / "res" / "bench.json", root / "res" / "bench.md"
     argv = ["bench", "--quick", "--preset", "all", "--model", str(root / "model.pt"), "--sizes", "16,24", "--peers", "ssd",
-            "--accuracy-data", str(root / "data"), "--out", str(out), "--markdown", str(md), "--quiet"]
+            "--accuracy-data", str(root / "data"), "--out", str(out), "--markdown", str(md), "--quiet",
+            "--autocast", "bf16"]  # bf16 measured on any CPU, native or not
     return root, argv, out, md
 
 
@@ -277,7 +282,9 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
     m = res["machine"]
     assert isinstance(m["cpu"], str) and m["usable_cores"] >= 1 and m["torch"] == torch.__version__
     assert isinstance(m["torch_threads"], int)
-    assert set(res["matmul_peak"]) == {"fp32", "bf16"}
+    assert set(res["matmul_peak"]) == {"fp32", "bf16"} and res["settings"]["autocast"] == ["bf16"]
+    assert res["bf16_emulation"] is None  # bf16 was asked for: measured, not replaced by the probe
+    assert m["bf16_native"] == bool(m["bf16_instructions"]) and isinstance(m["cpu_capability"], str)
     assert list(res["presets"]) == ["cpu-small", "paper"]
     small, paper = res["presets"]["cpu-small"], res["presets"]["paper"]
     assert small["model"] == str(root / "model.pt") and small["preset"]["width"] == 2
@@ -315,6 +322,25 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
                     "autocast", "Allocator"):
         assert heading in table
     assert not list(out.parent.glob(".*tmp*"))  # atomic writes leave no temporary file
+
+
+def test_benchmark_leaves_out_emulated_bf16(monkeypatch, tmp_path) -> None:
+    """On a CPU without native bf16 the benchmark measures fp32 only and records, instead,
+    what bf16 would cost (a small matmul in both precisions)."""
+    monkeypatch.setattr(bench, "autocast_precisions", lambda device: [])
+    res = bench.run_benchmark(["cpu-small"], quick=True, sizes=[], peers=[], device="cpu",
+                              out=tmp_path / "b.json", markdown=tmp_path / "b.md")
+    assert res["settings"]["autocast"] == [] and list(res["matmul_peak"]) == ["fp32"]
+    r = res["presets"]["cpu-small"]
+    assert list(r["detect"]) == ["fp32"] and list(r["train"]) == ["fp32"] and list(r["efficiency"]) == ["fp32"]
+    assert not any(row["setting"]["precision"] != "fp32" for row in r["levers"])
+    emu = res["bf16_emulation"]
+    assert emu["n"] == bench.EMULATION_N and emu["fp32"]["precision"] == "fp32" and emu["bf16"]["precision"] == "bf16"
+    assert emu["slowdown"] == pytest.approx(emu["bf16"]["ms"] / emu["fp32"]["ms"], rel=0.01, abs=0.05)
+    text = (tmp_path / "b.md").read_text()
+    assert "bf16 is not native on this CPU" in text and f"{emu['slowdown']:.1f}x as long" in text
+    with pytest.raises(ValueError, match="autocast precisions"):
+        bench.run_benchmark(["cpu-small"], quick=True, autocast=["fp32"])
 
 
 def test_list_arguments() -> None:

@@ -390,3 +390,20 @@ def test_cli_missing_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     code = main(["replicate", "--results", str(tmp_path / "r"), "--data", str(tmp_path / "nowhere"),
                  "--methods", "rpn", "--seeds", "0"])
     assert code == 2 and "rpn-lib synth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native,want", [(False, "fp32"), (True, "bf16")])
+def test_runner_auto_precision_is_what_the_cpu_runs_natively(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             tiny_data: Path, native: bool, want: str) -> None:
+    from rpn_lib import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: ["AMX"] if native else [])
+    fakes, seen, out = Fakes(), [], []
+
+    def train_fn(*a: Any, **kw: Any) -> None:
+        seen.append(kw["precision"])
+        fakes.train(*a, **kw)
+
+    run_replication(tiny_data, tmp_path, methods=["heatmap"], seeds=[0], steps=STEPS, preset=TINY, device="cpu",
+                    train_fn=train_fn, evaluate_fn=fakes.evaluate, echo=out.append)
+    assert seen == [want] and f"{STEPS} steps, {want}, seeds" in out[0]

@@ -91,6 +91,7 @@ from rpn_lib.errors import DataError, ModelError, RpnLibError
 from rpn_lib.fileio import atomic_write, atomic_write_json
 from rpn_lib.inference import prepare_for_inference
 from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
+from rpn_lib.precision import resolve_precision, warn_if_emulated
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.methods import CandidateSettings, ClassCandidates
 from rpn_lib.prior import GraphPrior, check_prior_rule
@@ -402,15 +403,15 @@ def train_retinanet(
     steps = int(steps if steps is not None else preset.steps)
     if steps <= 0:
         raise ValueError("steps must be positive")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     if any(s % cfg.size_divisible for s in preset.shape_vox):
         raise ValueError(f"preset shape {preset.shape_vox} must be a multiple of {cfg.size_divisible} per side")
     if precision == "bf16" and min(preset.shape_vox) // cfg.size_divisible < 4:
         raise ValueError(f"bf16 training of the RetinaNet peer needs inputs of at least {4 * cfg.size_divisible} "
                          "voxels per side (see train_retinanet); use precision='fp32'")
+    warn_if_emulated(precision, dev)
     out = Path(out)
-    dev = resolve_device(device)
     dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")
     ts = load_training_set(dataset, preset, progress=progress)
     if max_cases is not None:

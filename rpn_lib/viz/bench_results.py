@@ -26,7 +26,8 @@ from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 __all__ = [
     "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
-    "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "accuracy_text", "TargetCheck",
+    "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
+    "plot_precision_rates", "accuracy_text", "TargetCheck",
     "BUDGET_SETTING", "BUDGET_SHIPPED", "BUDGET_PEER", "BUDGET_1CONV", "budget_pair", "budget_html", "check_targets", "targets_html",
 ]
 
@@ -443,6 +444,73 @@ def plot_layer_flops(layers: Sequence[Any], highlight: str = "block1.conv2", ax:
             ax.text(gflop[i], i, f"  {gflop[i]:.0f} of {total:.0f} GFLOP ({100 * gflop[i] / total:.0f} %)",
                     va="center", fontsize=8)
     return ax.figure
+
+
+def bf16_status(bench: Mapping[str, Any]) -> dict[str, Any]:
+    """How bf16 ran on the benchmark's machine: ``native`` (True, False, or None where the file
+    predates the record), ``how`` (the instruction sets, or the CPU capability where it is
+    emulated), ``fp32_gflops`` and ``bf16_gflops`` (the rates of one matmul in both precisions:
+    the benchmark's peak matmul where bf16 was measured, else the small matmul of
+    ``bf16_emulation``), ``n`` (its side) and ``ratio`` (bf16 rate over fp32 rate)."""
+    m = bench["machine"]
+    native = m.get("bf16_native")
+    emu = bench.get("bf16_emulation")
+    if emu:
+        f32, b16, n = emu["fp32"], emu["bf16"], emu["n"]
+    else:
+        peaks = bench["matmul_peak"]
+        f32, b16, n = peaks.get("fp32"), peaks.get("bf16"), bench["settings"]["matmul_n"]
+    fr = f32["gflops_per_s"] if f32 else None
+    br = b16["gflops_per_s"] if b16 else None
+    how = (", ".join(m.get("bf16_instructions") or []) if native else m.get("cpu_capability")) if native is not None else None
+    return {"native": native, "how": how, "fp32_gflops": fr, "bf16_gflops": br, "n": n,
+            "ratio": (br / fr) if fr and br else None}
+
+
+def machines_html(benches: Mapping[str, Mapping[str, Any]]) -> str:
+    """Several benchmark files side by side, one row per machine: CPU, bf16 (native or
+    emulated), the fp32 and bf16 matmul rates, and fp32 / bf16 detection end to end at each
+    preset (a dash where a precision was not measured)."""
+    presets = list(dict.fromkeys(p for b in benches.values() for p in b["presets"]))
+    rows = []
+    for label, b in benches.items():
+        st, m = bf16_status(b), b["machine"]
+        native = {True: f"native ({st['how']})", False: f"emulated ({st['how']})",
+                  None: "not recorded"}[st["native"]]
+        row = [label, f"{m['cpu']}, {m['usable_cores']} cores", native, fmt_num(st["fp32_gflops"]),
+               f"{fmt_num(st['bf16_gflops'])} ({st['n']}²)" if st["bf16_gflops"] is not None else "-"]
+        for p in presets:
+            det = b["presets"].get(p, {}).get("detect", {})
+            row += [fmt_num(det[prec]["end_to_end"]["median_ms"]) if prec in det else "-" for prec in ("fp32", "bf16")]
+        rows.append(row)
+    head = ["machine", "CPU", "bf16", "fp32 matmul GFLOP/s", "bf16 matmul GFLOP/s"]
+    head += [f"{p} {prec} ms" for p in presets for prec in ("fp32", "bf16")]
+    return html_table(head, rows)
+
+
+def plot_precision_rates(benches: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Matmul rate in fp32 and bf16 on each machine (log scale): where bf16 is emulated it falls
+    far below fp32, where it is native it rises above. Each pair is one matmul size
+    (:func:`bf16_status`), named under the machine with the bf16 / fp32 ratio."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
+    ticks = []
+    for i, (label, b) in enumerate(benches.items()):
+        st = bf16_status(b)
+        for dx, key, c, name in ((-0.2, "fp32_gflops", "C0", "fp32"), (0.2, "bf16_gflops", "C3", "bf16")):
+            v = st[key]
+            if v is not None:
+                ax.bar(i + dx, v, width=0.38, color=c, label=name if i == 0 else None)
+                ax.text(i + dx, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+        ratio = f"bf16 / fp32 = {st['ratio']:.3g}" if st["ratio"] is not None else "bf16 not measured"
+        ticks.append(f"{label}\n{st['n']}² matmul, {ratio}")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(ticks)), ticks, fontsize=8)
+    ax.set_ylabel("GFLOP/s (log scale)")
+    ax.margins(y=0.3)
+    ax.legend(fontsize=8)
+    return fig
 
 
 def accuracy_text(bench: Mapping[str, Any]) -> str:
