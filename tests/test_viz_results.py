@@ -26,7 +26,7 @@ from rpn_lib.landmarks import LANDMARK_NAMES  # noqa: E402
 from rpn_lib.paired import score_error_correlation  # noqa: E402
 from rpn_lib.presets import Preset, get_preset  # noqa: E402
 from rpn_lib.bench import ONE_CONV_PEER  # noqa: E402
-from rpn_lib.replicate import METRICS_FILE, SHIPPED_VS_PEER, VARIANTS, build_tables  # noqa: E402
+from rpn_lib.replicate import METRICS_FILE, MISSING, SHIPPED_VS_PEER, VARIANTS, build_tables  # noqa: E402
 from rpn_lib.viz import bench_results as B  # noqa: E402
 from rpn_lib.viz import results as R  # noqa: E402
 
@@ -634,3 +634,36 @@ def test_heatmap_answer_names_the_direction_of_accuracy(p: float, lo: float, hi:
               "table2": {"rows": [], "paired": []}}
     last = R.answer_heatmap(tables)[-1]
     assert last == f"Heatmap regression is slower than IG-RPN here and {word}."
+
+
+def emulated_bench() -> dict[str, Any]:
+    """A planted benchmark of a CPU that emulates bf16: fp32 rows only, and the small matmul."""
+    bench = planted_bench()
+    bench["machine"].update({"cpu_capability": "AVX2", "bf16_instructions": [], "bf16_native": False})
+    for r in bench["presets"].values():
+        del r["detect"]["bf16"], r["efficiency"]["bf16"]
+    bench["bf16_emulation"] = {"n": 256, "fp32": {"ms": 1.0, "gflops_per_s": 33.6},
+                               "bf16": {"ms": 100.0, "gflops_per_s": 0.336}, "slowdown": 100.0}
+    return bench
+
+
+def test_machines_side_by_side() -> None:
+    native, emulated = planted_bench(), emulated_bench()
+    native["matmul_peak"]["bf16"] = {"gflops_per_s": 400.0}
+    native["settings"]["matmul_n"] = 4096
+    native["machine"].update({"cpu_capability": "AVX512", "bf16_instructions": ["AVX512-BF16"], "bf16_native": True})
+    st = B.bf16_status(emulated)
+    assert st["native"] is False and st["how"] == "AVX2" and st["n"] == 256
+    assert st["ratio"] == pytest.approx(0.01)
+    assert B.bf16_status(native)["ratio"] == pytest.approx(2.0) and B.bf16_status(native)["how"] == "AVX512-BF16"
+    old = planted_bench()  # a file written before the machine recorded bf16
+    assert B.bf16_status(old)["native"] is None and B.bf16_status(old)["bf16_gflops"] is None
+    html = B.machines_html({"A": native, "B": emulated, "C": old})
+    assert "native (AVX512-BF16)" in html and "emulated (AVX2)" in html and "not recorded</td>" in html
+    assert "0.336 (256²)" in html and "33.6 (256²)" in html and "400 (4096²)" in html
+    # the emulated machine has no bf16 detection: a dash, never a number from elsewhere
+    row_b = next(r for r in html.split("<tr>") if "emulated" in r)
+    assert row_b.count(f"<td>{MISSING}</td>") == 2 and "<td>90.0</td>" in row_b and "<td>2000.0</td>" in row_b
+    fig = B.plot_precision_rates({"A": native, "B": emulated})
+    assert "bf16 / fp32 = 0.01" in fig.axes[0].get_xticklabels()[1].get_text()
+    plt.close(fig)

@@ -43,6 +43,10 @@ def machine_text(bench: Mapping[str, Any]) -> str:
             f"oneDNN {'available' if m.get('mkldnn') else 'not available'}; Python {m['python']}. Times are medians of "
             f"{st['repeats']} run{'s' if st['repeats'] != 1 else ''} after {st['warmup']} warm-up; the whole benchmark "
             f"took {bench['seconds']} s. Model at cpu-small: {st['model'] or 'random weights'}.")
+    b16 = bf16_status(bench)
+    if b16["native"] is not None:
+        text += (f" bf16: native ({b16['how']})." if b16["native"] else
+                 f" bf16: emulated (the CPU has {b16['how']} but neither AVX512-BF16 nor AMX), so not measured.")
     a = m.get("allocator")
     if a:
         text += (f" Memory allocator: {a['libc'] or 'not glibc'}"
@@ -459,7 +463,7 @@ def bf16_status(bench: Mapping[str, Any]) -> dict[str, Any]:
         f32, b16, n = emu["fp32"], emu["bf16"], emu["n"]
     else:
         peaks = bench["matmul_peak"]
-        f32, b16, n = peaks.get("fp32"), peaks.get("bf16"), bench["settings"]["matmul_n"]
+        f32, b16, n = peaks.get("fp32"), peaks.get("bf16"), bench["settings"].get("matmul_n")
     fr = f32["gflops_per_s"] if f32 else None
     br = b16["gflops_per_s"] if b16 else None
     how = (", ".join(m.get("bf16_instructions") or []) if native else m.get("cpu_capability")) if native is not None else None
@@ -469,19 +473,20 @@ def bf16_status(bench: Mapping[str, Any]) -> dict[str, Any]:
 
 def machines_html(benches: Mapping[str, Mapping[str, Any]]) -> str:
     """Several benchmark files side by side, one row per machine: CPU, bf16 (native or
-    emulated), the fp32 and bf16 matmul rates, and fp32 / bf16 detection end to end at each
-    preset (a dash where a precision was not measured)."""
+    emulated), the fp32 and bf16 matmul rates (GFLOP/s, with the matmul's side), and fp32 /
+    bf16 detection end to end at each preset (ms; a dash where a precision was not measured)."""
     presets = list(dict.fromkeys(p for b in benches.values() for p in b["presets"]))
     rows = []
     for label, b in benches.items():
         st, m = bf16_status(b), b["machine"]
         native = {True: f"native ({st['how']})", False: f"emulated ({st['how']})",
-                  None: "not recorded"}[st["native"]]
-        row = [label, f"{m['cpu']}, {m['usable_cores']} cores", native, fmt_num(st["fp32_gflops"]),
-               f"{fmt_num(st['bf16_gflops'])} ({st['n']}²)" if st["bf16_gflops"] is not None else "-"]
+                  None: "not recorded" + (f" (bf16 matmul at {st['ratio']:.2f}x the fp32 rate)" if st["ratio"] else "")
+                  }[st["native"]]
+        rate = lambda v: MISSING if v is None else f"{v:.3g} ({st['n']}²)"  # noqa: E731
+        row = [label, f"{m['cpu']}, {m['usable_cores']} cores", native, rate(st["fp32_gflops"]), rate(st["bf16_gflops"])]
         for p in presets:
             det = b["presets"].get(p, {}).get("detect", {})
-            row += [fmt_num(det[prec]["end_to_end"]["median_ms"]) if prec in det else "-" for prec in ("fp32", "bf16")]
+            row += [fmt_num(det[prec]["end_to_end"]["median_ms"]) if prec in det else MISSING for prec in ("fp32", "bf16")]
         rows.append(row)
     head = ["machine", "CPU", "bf16", "fp32 matmul GFLOP/s", "bf16 matmul GFLOP/s"]
     head += [f"{p} {prec} ms" for p in presets for prec in ("fp32", "bf16")]
@@ -508,6 +513,7 @@ def plot_precision_rates(benches: Mapping[str, Mapping[str, Any]]) -> Any:
     ax.set_yscale("log")
     ax.set_xticks(range(len(ticks)), ticks, fontsize=8)
     ax.set_ylabel("GFLOP/s (log scale)")
+    ax.set_title("one dense matmul per machine, in fp32 and in bf16", fontsize=10)
     ax.margins(y=0.3)
     ax.legend(fontsize=8)
     return fig

@@ -64,6 +64,9 @@ RESULT_COMMANDS: dict[str, tuple[str, str]] = {
     "bench.json": ("make bench", "rpn-lib bench --preset all --model models/ig-rpn-cpu-small/model.pt "
                    "--accuracy-data data/synth-cpu-small --out results/bench.json"),
     "budget-3800/comparison.json": ("make peer-budget", ".venv/bin/python scripts/peer_at_shipped_budget.py"),
+    "bench-avx2.json": ("", "rpn-lib bench --preset all --model models/ig-rpn-cpu-small/model.pt --accuracy-data "
+                        "data/synth-cpu-small --compile --out results/bench-avx2.json --markdown results/bench-avx2.md "
+                        "(on a CPU with AVX2 and neither AVX512-BF16 nor AMX)"),
 }
 """The make target, and the command it runs, that write each results file."""
 
