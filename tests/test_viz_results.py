@@ -667,3 +667,12 @@ def test_machines_side_by_side() -> None:
     fig = B.plot_precision_rates({"A": native, "B": emulated})
     assert "bf16 / fp32 = 0.01" in fig.axes[0].get_xticklabels()[1].get_text()
     plt.close(fig)
+
+
+def test_targets_of_a_machine_without_bf16() -> None:
+    """A file without bf16 rows is judged on fp32 alone: no autocast row, no crash."""
+    checks = B.check_targets(emulated_bench())
+    assert checks and not any("bf16" in c.where for c in checks)
+    v = verdicts(checks)
+    assert v[("cpu-small detect", "cpu-small, fp32")] is True and v[("paper scale", "paper, fp32")] is True
+    assert "emulated (the CPU has AVX2" in B.machine_text(emulated_bench())
