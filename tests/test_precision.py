@@ -28,9 +28,12 @@ def _cpuinfo_flags() -> set[str] | None:
 def test_cpu_bf16_instructions_agree_with_the_kernel() -> None:
     """torch's instruction checks against the kernel's own CPU flags (an independent source)."""
     flags = _cpuinfo_flags()
-    want = [name for name, flag in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_tile")) if flag in flags]
-    assert precision.cpu_bf16_instructions() == want
-    assert precision.bf16_native("cpu") == bool(want)
+    found = precision.cpu_bf16_instructions()
+    assert ("AVX512-BF16" in found) == ("avx512_bf16" in flags)
+    # AMX also needs the kernel's permission for the process (which a sandbox may refuse):
+    # torch may say no where the CPU lists it, never yes where it does not
+    assert "AMX" not in found or "amx_tile" in flags
+    assert precision.bf16_native("cpu") == bool(found)
 
 
 @pytest.mark.parametrize("native", [True, False])
