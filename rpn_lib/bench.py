@@ -670,13 +670,19 @@ def bench_sizes(sizes: Sequence[int] = DEFAULT_SIZES, width: int = DEFAULT_SIZE_
     return {"width": width, "stride": stride, "precision": precision, "rows": rows}
 
 
+def _autocast_list(device: torch.device, autocast: Sequence[str] | None) -> list[str]:
+    """``autocast`` as a list; None: :func:`~rpn_lib.precision.autocast_precisions` (the reduced
+    precisions ``device`` computes natively)."""
+    return list(autocast_precisions(device) if autocast is None else autocast)
+
+
 def lever_settings(device: torch.device, threads: Sequence[int] = (), compile: bool = False,
                    autocast: Sequence[str] | None = None) -> list[ForwardSetting]:
     """The lever combinations compared by :func:`bench_levers`; the first is the baseline
     (fp32, ``inference_mode``, batch 1, current threads). ``autocast``: the reduced precisions
     tried (None: :func:`~rpn_lib.precision.autocast_precisions`, those ``device`` computes
     natively)."""
-    amp = list(autocast_precisions(device) if autocast is None else autocast)
+    amp = _autocast_list(device, autocast)
     # the fastest-looking combination, tried with each thread count and compiled
     best = ForwardSetting(precision=amp[0], channels_last=True) if amp else ForwardSetting(channels_last=True)
     s = [ForwardSetting(), ForwardSetting(grad_mode="no_grad"), ForwardSetting(channels_last=True),
@@ -900,7 +906,7 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
     ``autocast``: the reduced precisions measured (None: :func:`~rpn_lib.precision.autocast_precisions`,
     those the device computes natively); detection uses the one :class:`Detector` takes
     (:func:`amp_precision`), training bf16, each where it is in the list."""
-    amp = list(autocast_precisions(device) if autocast is None else autocast)
+    amp = _autocast_list(device, autocast)
     loaded = load_model(model_path) if model_path is not None else None
     p = loaded.preset if loaded is not None else preset
     case = generate_case(seed, preset.spacing_mm, preset.shape_vox)
@@ -1101,10 +1107,10 @@ def run_benchmark(presets: Sequence[str] = ("cpu-small", "paper"), model_path: s
     bad = [s for s in sizes if s < 8 or s % 8]
     if bad:  # checked now, not after the timings
         raise ValueError(f"volume sizes must be positive multiples of 8 (three down-samplings), got {bad}")
-    amp = list(autocast_precisions(dev) if autocast is None else autocast)
-    bad = sorted(set(amp) - set(PRECISIONS) | ({"fp32"} & set(amp)))
+    amp = _autocast_list(dev, autocast)
+    bad = sorted(set(amp) - {"bf16", "fp16"})
     if bad:
-        raise ValueError(f"autocast precisions must be among {[p for p in PRECISIONS if p != 'fp32']}, got {bad}")
+        raise ValueError(f"autocast precisions must be among ['bf16', 'fp16'], got {bad}")
     if threads is None:
         cur = torch.get_num_threads()
         threads = sorted({1, usable_cores()} - {cur})

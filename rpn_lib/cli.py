@@ -173,8 +173,8 @@ def _add_amp_arg(p: argparse.ArgumentParser) -> None:
     """``--amp`` (:class:`rpn_lib.detect.Detector`'s ``amp``)."""
     p.add_argument("--amp", action="store_true",
                    help="run the network with autocast (bf16 on a CPU, fp16 on CUDA): faster on CPUs with "
-                   "AVX512-BF16 or AMX, much slower on other CPUs (a warning says so); results differ slightly from fp32 (the book's chapter Performance measures both on "
-                   "its model)")
+                   "AVX512-BF16 or AMX, much slower on other CPUs (a warning says so); results differ slightly "
+                   "from fp32 (the book's chapter Performance measures both on its model)")
 
 
 def _detector(args: argparse.Namespace):

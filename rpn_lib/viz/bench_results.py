@@ -466,7 +466,12 @@ def bf16_status(bench: Mapping[str, Any]) -> dict[str, Any]:
         f32, b16, n = peaks.get("fp32"), peaks.get("bf16"), bench["settings"].get("matmul_n")
     fr = f32["gflops_per_s"] if f32 else None
     br = b16["gflops_per_s"] if b16 else None
-    how = (", ".join(m.get("bf16_instructions") or []) if native else m.get("cpu_capability")) if native is not None else None
+    if native is None:
+        how = None
+    elif native:
+        how = ", ".join(m.get("bf16_instructions") or [])
+    else:
+        how = m.get("cpu_capability")
     return {"native": native, "how": how, "fp32_gflops": fr, "bf16_gflops": br, "n": n,
             "ratio": (br / fr) if fr and br else None}
 
