@@ -25,7 +25,9 @@ table (:func:`format_report`) and writes the whole result as JSON. What is measu
   ``cudnn.benchmark`` on CUDA);
 - peers on the same volume when their modules are importable (:data:`PEERS`): the baselines
   of :mod:`rpn_lib.baselines` (heatmap regression, SSD, Faster R-CNN) and MONAI's RetinaNet
-  (:mod:`rpn_lib.baselines.retinanet_peer`), network and end to end, as ratios to the IG-RPN;
+  (:mod:`rpn_lib.baselines.retinanet_peer`), network and end to end, timed in the same rounds
+  as the IG-RPN (each round runs every model once, in a rotating order) and reported as the
+  median of the per-round ratios, with their range;
 - the memory allocator side by side: detection latency in a child process with the other
   setting of :func:`rpn_lib.allocator.retain_freed_memory` (kept freed memory against glibc
   as it comes), as a ratio;
@@ -52,7 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -734,6 +736,9 @@ ONE_CONV_PEER = "igrpn-1conv"
 """The peer that is the IG-RPN itself with one conv in block 1 (``Preset.block1_convs = 1``, a
 deviation from the paper for speed; :mod:`rpn_lib.model`)."""
 
+IGRPN_KEY = "IG-RPN"
+"""The IG-RPN's key among the models :func:`bench_peers` times in rounds."""
+
 PEERS = {
     ONE_CONV_PEER: "rpn_lib.model.IGRPN(block1_convs=1): the IG-RPN with one conv in block 1 (a deviation)",
     "heatmap": "rpn_lib.baselines.heatmap (method 'heatmap')",
@@ -766,74 +771,164 @@ def retinanet_peer(preset: Preset, device: str | torch.device = "auto", seed: in
     return net, det
 
 
-def bench_peers(preset: str | Preset, igrpn: dict[str, Any], device: str | torch.device = "auto", repeats: int = 5,
-                warmup: int = 1, names: Sequence[str] = tuple(PEERS), volume: np.ndarray | None = None,
-                affine: np.ndarray | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """Each peer on the same input as the IG-RPN (fp32, batch 1, random weights), as ratios.
+def _peer_row(name: str) -> dict[str, Any]:
+    return {"name": name, "source": PEERS[name], "available": False, "reason": None, "error": None,
+            "network_ms": None, "end_to_end_ms": None, "x_igrpn_network": None, "x_igrpn_end_to_end": None,
+            "x_igrpn_network_range": None, "x_igrpn_end_to_end_range": None, "slower_rounds": None,
+            "rounds": 0, "runs_network_ms": [], "runs_end_to_end_ms": [], "gflop": None, "memory": None}
 
-    ``igrpn`` is the IG-RPN's :func:`bench_detect` result of the same run. A method peer runs
-    through :func:`bench_detect` on ``volume`` (both its network time and its end-to-end
-    time), and so does RetinaNet through its ``RetinaNetPeerDetector``; without one, only
-    its network runs, through :func:`time_forward` on a random input of the IG-RPN's grid.
-    Each row: ``name``, ``source``, ``available`` (False with ``reason`` when its module
-    cannot be imported), ``error`` (it failed to run), ``network_ms``,
-    ``end_to_end_ms``, ``x_igrpn_network`` and ``x_igrpn_end_to_end`` (time over the
-    IG-RPN's: above 1 is slower), ``gflop``, ``memory``.
+
+def _build_peer(name: str, p: Preset, dev: torch.device, seed: int) -> tuple[nn.Module, Detector | None]:
+    """A peer's network (for the FLOP count, and the timing when it has no detector) and its
+    detector (None: network only)."""
+    if name == "retinanet":
+        return retinanet_peer(p, dev, seed)
+    if name == ONE_CONV_PEER:
+        det = untrained_detector(p.replace(block1_convs=1), dev, seed=seed, method="rpn")
+    else:
+        det = untrained_detector(p, dev, seed=seed, method=name)
+    return det.loaded.model, det  # the network as trained (the FLOP count needs plain layers)
+
+
+def _runner(det: Detector | None, net: nn.Module, volume: np.ndarray, affine: np.ndarray, grid: Sequence[int],
+            dev: torch.device) -> Callable[[int, int], tuple[float | None, float, dict[str, Any]]]:
+    """``run(repeats, warmup)`` -> (median end-to-end ms or None, median network ms, memory):
+    :func:`bench_detect` of ``det``, or :func:`time_forward` of ``net`` when there is no detector."""
+    def run(repeats: int, warmup: int) -> tuple[float | None, float, dict[str, Any]]:
+        if det is not None:
+            d = bench_detect(det, volume, affine, repeats, warmup)
+            return d["end_to_end"]["median_ms"], d["network_ms"], d["memory"]
+        r = time_forward(net, grid, ForwardSetting(), dev, repeats, warmup)
+        return None, r["ms_per_volume"], r["memory"]
+    return run
+
+
+def _paired(mine: Sequence[float | None], other: Sequence[float | None]) -> tuple[float | None, list[float] | None, int]:
+    """Median and [min, max] of the per-round ratios ``other / mine`` (rounds where both ran),
+    and the number of rounds where the ratio is above 1."""
+    x = [o / m for m, o in zip(mine, other) if m and o]
+    if not x:
+        return None, None, 0
+    return _r(statistics.median(x), 3), [_r(min(x), 3), _r(max(x), 3)], sum(v > 1.0 for v in x)
+
+
+def igrpn_peer_times(preset_result: Mapping[str, Any]) -> dict[str, float | None]:
+    """The IG-RPN's ``network_ms`` and ``end_to_end_ms`` that a preset's peers are compared
+    with: the medians of the rounds it ran in beside them (``peers_paired``), or, in results
+    written before peers were interleaved, its detection benchmark (``detect["fp32"]``)."""
+    paired = preset_result.get("peers_paired")
+    if paired:
+        return {"network_ms": paired["igrpn"]["network_ms"], "end_to_end_ms": paired["igrpn"]["end_to_end_ms"]}
+    d = preset_result["detect"]["fp32"]
+    return {"network_ms": d["network_ms"], "end_to_end_ms": d["end_to_end"]["median_ms"]}
+
+
+def paired_range_text(pe: Mapping[str, Any]) -> str:
+    """A peer row's spread over the rounds, e.g. ``"0.93-1.12, slower in 3 of 5"`` (the
+    end-to-end ratios, else the network's); empty for rows without rounds."""
+    span = pe.get("x_igrpn_end_to_end_range") or pe.get("x_igrpn_network_range")
+    if not span:
+        return ""
+    return f"{span[0]:.2f}-{span[1]:.2f}, slower in {pe['slower_rounds']} of {pe['rounds']}"
+
+
+def bench_peers(preset: str | Preset, igrpn: Detector, device: str | torch.device = "auto", rounds: int = 5,
+                warmup: int = 1, names: Sequence[str] = tuple(PEERS), volume: np.ndarray | None = None,
+                affine: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
+    """Each peer on the same volume as the IG-RPN detector ``igrpn`` (fp32, batch 1, random
+    weights), timed in the same rounds, as paired ratios.
+
+    A shared machine's speed drifts over minutes, so the models are not timed one after the
+    other: after ``warmup`` runs and one run that measures each model's memory, every round
+    runs each model once, the IG-RPN included, in an order rotated by one model from round to
+    round. A peer's ratio is the median over the rounds of its time over the IG-RPN's time of
+    the same round (above 1: slower), with the smallest and largest per-round ratio.
+
+    A method peer, and RetinaNet through its ``RetinaNetPeerDetector``, run through
+    :func:`bench_detect` (network and end-to-end time); a peer without a detector runs only
+    its network, through :func:`time_forward` on a random input of the IG-RPN's grid, and is
+    compared with the IG-RPN's network time.
+
+    Returns ``rounds``, ``igrpn`` (its ``runs_network_ms`` and ``runs_end_to_end_ms`` per
+    round, and their medians ``network_ms``, ``end_to_end_ms``) and ``rows``, one per peer:
+    ``name``, ``source``, ``available`` (False with ``reason`` when its module cannot be
+    imported), ``error`` (it failed to run), ``network_ms`` and ``end_to_end_ms`` (medians
+    over the rounds), ``runs_network_ms``, ``runs_end_to_end_ms``, ``x_igrpn_network`` and
+    ``x_igrpn_end_to_end`` (median paired ratios), ``x_igrpn_network_range`` and
+    ``x_igrpn_end_to_end_range`` (``[min, max]``), ``slower_rounds`` (rounds in which the
+    peer was slower end to end, else by network), ``rounds``, ``gflop``, ``memory``.
     """
-    p = get_preset(preset)
-    dev = resolve_device(device)
-    grid = tuple(igrpn["grid_shape"])
-    if volume is None or affine is None:
-        case = generate_case(seed, p.spacing_mm, p.shape_vox)
-        volume, affine = case.volume, case.affine
-    rows = []
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"need rounds >= 1 and warmup >= 0, got {rounds} and {warmup}")
     for name in names:
         if name not in PEERS:
             raise ValueError(f"unknown peer {name!r}; choose from {sorted(PEERS)}")
-        row: dict[str, Any] = {"name": name, "source": PEERS[name], "available": False, "reason": None, "error": None,
-                               "network_ms": None, "end_to_end_ms": None, "x_igrpn_network": None,
-                               "x_igrpn_end_to_end": None, "gflop": None, "memory": None}
+    p = get_preset(preset)
+    dev = resolve_device(device)
+    if volume is None or affine is None:
+        case = generate_case(seed, p.spacing_mm, p.shape_vox)
+        volume, affine = case.volume, case.affine
+    grid = tuple(igrpn.prepare(volume, affine).array.shape)
+    runners: dict[str, Callable[[int, int], tuple[float | None, float, dict[str, Any]]]] = {}
+    runners[IGRPN_KEY] = _runner(igrpn, igrpn.model, volume, affine, grid, dev)
+    runners[IGRPN_KEY](1, warmup)
+    rows = []
+    for name in names:
+        row = _peer_row(name)
+        rows.append(row)
         try:
-            if name == "retinanet":
-                net, det = retinanet_peer(p, dev, seed)
-            elif name == ONE_CONV_PEER:
-                det = untrained_detector(p.replace(block1_convs=1), dev, seed=seed, method="rpn")
-                net = det.loaded.model
-            else:
-                det = untrained_detector(p, dev, seed=seed, method=name)
-                net = det.loaded.model  # as trained (the FLOP count needs plain layers)
-        except ImportError as e:
+            net, det = _build_peer(name, p, dev, seed)
+        except (ImportError, RpnLibError) as e:  # a missing optional dependency (e.g. MONAI)
             row["reason"] = f"not available ({_error(e)})"
-            rows.append(row)
-            continue
-        except RpnLibError as e:  # a peer's missing optional dependency (e.g. MONAI)
-            row["reason"] = f"not available ({e})"
-            rows.append(row)
             continue
         except Exception as e:  # noqa: BLE001 - a peer that cannot be built here is reported, not fatal
             row.update(available=True, error=_error(e))
-            rows.append(row)
             continue
         row["available"] = True
         with contextlib.suppress(Exception):  # some layers have no meta kernel: leave the count out
             row["gflop"] = _r(count_flops(net, (1, 1, *grid)) / 1e9, 4)
+        run = _runner(det, net, volume, affine, grid, dev)
         try:
-            if det is not None:
-                d = bench_detect(det, volume, affine, repeats, warmup)
-                row.update(network_ms=d["network_ms"], end_to_end_ms=d["end_to_end"]["median_ms"], memory=d["memory"])
-            else:
-                r = time_forward(net, grid, ForwardSetting(), dev, repeats, warmup)
-                row.update(network_ms=r["ms_per_volume"], memory=r["memory"])
+            row["memory"] = run(1, warmup)[2]
         except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
             row["error"] = _error(e)
-        if row["network_ms"] is not None:
-            row["x_igrpn_network"] = _r(row["network_ms"] / igrpn["network_ms"], 3)
-        if row["end_to_end_ms"] is not None:
-            row["x_igrpn_end_to_end"] = _r(row["end_to_end_ms"] / igrpn["end_to_end"]["median_ms"], 3)
-        rows.append(row)
-        del net, det
+            continue
+        runners[name] = run
+    times: dict[str, list[tuple[float | None, float | None]]] = {k: [] for k in runners}
+    keys = list(runners)
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            if key not in runners:  # failed in an earlier round
+                times[key].append((None, None))
+                continue
+            try:
+                e2e, net_ms, _ = runners[key](1, 0)
+            except Exception as e:  # noqa: BLE001
+                if key == IGRPN_KEY:
+                    raise
+                next(row for row in rows if row["name"] == key)["error"] = _error(e)
+                del runners[key]
+                e2e, net_ms = None, None
+            times[key].append((e2e, net_ms))
         gc.collect()
-    return rows
+    mine_e2e = [t[0] for t in times[IGRPN_KEY]]
+    mine_net = [t[1] for t in times[IGRPN_KEY]]
+    for row in rows:
+        if row["name"] not in times:
+            continue
+        e2e = [t[0] for t in times[row["name"]]]
+        net_ms = [t[1] for t in times[row["name"]]]
+        done_e2e, done_net = [t for t in e2e if t is not None], [t for t in net_ms if t is not None]
+        row.update(rounds=len(done_net), runs_network_ms=net_ms, runs_end_to_end_ms=e2e,
+                   network_ms=_r(statistics.median(done_net)) if done_net else None,
+                   end_to_end_ms=_r(statistics.median(done_e2e)) if done_e2e else None)
+        row["x_igrpn_network"], row["x_igrpn_network_range"], slower_net = _paired(mine_net, net_ms)
+        row["x_igrpn_end_to_end"], row["x_igrpn_end_to_end_range"], slower_e2e = _paired(mine_e2e, e2e)
+        row["slower_rounds"] = slower_e2e if done_e2e else slower_net
+    igrpn_res = {"runs_network_ms": mine_net, "runs_end_to_end_ms": mine_e2e,
+                 "network_ms": _r(statistics.median(mine_net)), "end_to_end_ms": _r(statistics.median(mine_e2e))}
+    return {"rounds": rounds, "warmup": warmup, "order": "rotated by one model each round", "igrpn": igrpn_res,
+            "rows": rows}
 
 
 # --------------------------------------------------------------------------------------------
@@ -944,9 +1039,14 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
     log(f"{preset.name}: levers")
     res["levers"] = bench_levers(model, grid, device, repeats, warmup, threads, compile,
                                  settings=lever_settings(device, threads, compile, amp))
-    log(f"{preset.name}: peers")
-    res["peers"] = bench_peers(p, res["detect"]["fp32"], device, repeats, warmup, names=peers, volume=case.volume,
-                               affine=case.affine, seed=seed)
+    res["peers"] = []
+    if peers:
+        log(f"{preset.name}: peers, interleaved with the IG-RPN")
+        paired = bench_peers(p, _bench_detector(loaded, p, device, "fp32", seed), device, repeats, warmup,
+                             names=peers, volume=case.volume, affine=case.affine, seed=seed)
+        res["peers"] = paired.pop("rows")
+        res["peers_paired"] = paired
+        gc.collect()
     del model
     gc.collect()
     return res
@@ -1259,14 +1359,21 @@ def format_report(result: dict[str, Any]) -> str:
     rows = []
     for name, r in pres.items():
         d = r["detect"]["fp32"]
-        rows.append([name, "IG-RPN", _f(d["network_ms"]), "1.00", _f(d["end_to_end"]["median_ms"]), "1.00",
+        mine = igrpn_peer_times(r)
+        rows.append([name, "IG-RPN", _f(mine["network_ms"]), "1.00", _f(mine["end_to_end_ms"]), "1.00", "",
                      _g(r["gflop_forward"]), _mem(d["memory"]), ""])
         for pe in r["peers"]:
             note = pe["reason"] or pe["error"] or ("network only" if pe["end_to_end_ms"] is None else "")
             rows.append([name, pe["name"], _f(pe["network_ms"]), _f(pe["x_igrpn_network"], 2), _f(pe["end_to_end_ms"]),
-                         _f(pe["x_igrpn_end_to_end"], 2), _g(pe["gflop"]), _mem(pe["memory"]), note])
-    out += ["", "## Peers on the same input (fp32, batch 1, ms per volume; x IG-RPN above 1 is slower)", ""]
-    out += _table(["preset", "model", "network", "x IG-RPN", "end to end", "x IG-RPN", "GFLOP", "peak MB", "note"], rows)
+                         _f(pe["x_igrpn_end_to_end"], 2), paired_range_text(pe), _g(pe["gflop"]), _mem(pe["memory"]),
+                         note])
+    rounds = {r["peers_paired"]["rounds"] for r in pres.values() if r.get("peers_paired")}
+    n_rounds = "/".join(map(str, sorted(rounds)))
+    how = (f"medians of {n_rounds} round{'' if rounds == {1} else 's'}, every model once per round in a rotating order; "
+           "x IG-RPN: median of the per-round ratios" if rounds else "x IG-RPN: ratio of medians")
+    out += ["", f"## Peers on the same input (fp32, batch 1, ms per volume; {how}; above 1 is slower)", ""]
+    out += _table(["preset", "model", "network", "x IG-RPN", "end to end", "x IG-RPN", "per-round x (end to end)",
+                   "GFLOP", "peak MB", "note"], rows)
     alloc = [(name, r["allocator"]) for name, r in pres.items() if r.get("allocator")]
     if alloc:
         a0 = alloc[0][1]

@@ -215,14 +215,70 @@ def test_missing_peers_are_reported_not_fatal(tiny, monkeypatch) -> None:
     p, case = tiny
     monkeypatch.setitem(sys.modules, "rpn_lib.baselines.heatmap", None)  # import now fails
     monkeypatch.setitem(sys.modules, "rpn_lib.baselines.retinanet_peer", None)
-    ref = {"grid_shape": [32, 32, 32], "network_ms": 1.0, "end_to_end": {"median_ms": 2.0}}
-    rows = bench.bench_peers(p, ref, CPU, repeats=1, warmup=0, names=("heatmap", "retinanet"),
-                             volume=case.volume, affine=case.affine)
+    det = bench.untrained_detector(p, CPU)
+    res = bench.bench_peers(p, det, CPU, rounds=1, warmup=0, names=("heatmap", "retinanet"),
+                            volume=case.volume, affine=case.affine)
+    rows = res["rows"]
     assert [r["name"] for r in rows] == ["heatmap", "retinanet"]
     for r in rows:
         assert r["available"] is False and r["reason"].startswith("not available") and r["network_ms"] is None
+    assert len(res["igrpn"]["runs_end_to_end_ms"]) == 1  # the IG-RPN still ran its round
     with pytest.raises(ValueError, match="unknown peer"):
-        bench.bench_peers(p, ref, CPU, names=("nope",))
+        bench.bench_peers(p, det, CPU, names=("nope",))
+    with pytest.raises(ValueError, match="rounds"):
+        bench.bench_peers(p, det, CPU, rounds=0, names=("ssd",))
+
+
+def test_peers_run_in_rotating_rounds_and_ratios_are_paired(tiny, monkeypatch) -> None:
+    """Every round runs each model once, the order rotated by one each round; a peer's ratio is
+    the median of its per-round ratios to the IG-RPN, not a ratio of medians."""
+    p, case = tiny
+    det = bench.untrained_detector(p, CPU)
+    calls: list[str] = []
+    # fake clocks: the IG-RPN takes 10, 20, 30 ms in rounds 1-3, the ssd 12, 18, 45 ms
+    clock = {bench.IGRPN_KEY: iter([5.0, 10.0, 20.0, 30.0]), "ssd": iter([5.0, 12.0, 18.0, 45.0])}
+
+    def fake_runner(d, net, volume, affine, grid, dev):
+        key = bench.IGRPN_KEY if d is det else "ssd"
+
+        def run(repeats, warmup):
+            calls.append(key)
+            t = next(clock[key])
+            return t, t / 2, {"cpu_peak_rss_mb": 1.0}
+        return run
+
+    monkeypatch.setattr(bench, "_runner", fake_runner)
+    res = bench.bench_peers(p, det, CPU, rounds=3, warmup=0, names=("ssd",), volume=case.volume, affine=case.affine)
+    # first the memory runs (IG-RPN, then the peer), then rounds in rotated order
+    assert calls == [bench.IGRPN_KEY, "ssd", bench.IGRPN_KEY, "ssd", "ssd", bench.IGRPN_KEY, bench.IGRPN_KEY, "ssd"]
+    (row,) = res["rows"]
+    assert res["igrpn"]["runs_end_to_end_ms"] == [10.0, 20.0, 30.0] and res["igrpn"]["end_to_end_ms"] == 20.0
+    assert row["runs_end_to_end_ms"] == [12.0, 18.0, 45.0] and row["end_to_end_ms"] == 18.0
+    assert row["x_igrpn_end_to_end"] == 1.2  # median of 1.2, 0.9, 1.5 (the ratio of medians is 0.9)
+    assert row["x_igrpn_end_to_end_range"] == [0.9, 1.5] and row["slower_rounds"] == 2 and row["rounds"] == 3
+    assert row["x_igrpn_network"] == 1.2 and row["memory"] == {"cpu_peak_rss_mb": 1.0}
+    assert bench.paired_range_text(row) == "0.90-1.50, slower in 2 of 3"
+
+
+def test_a_peer_failing_in_a_round_keeps_its_error(tiny, monkeypatch) -> None:
+    p, case = tiny
+    det = bench.untrained_detector(p, CPU)
+    n = {"ssd": 0}
+
+    def fake_runner(d, net, volume, affine, grid, dev):
+        def run(repeats, warmup):
+            if d is not det:
+                n["ssd"] += 1
+                if n["ssd"] == 3:
+                    raise RuntimeError("out of memory")
+            return 10.0, 5.0, {}
+        return run
+
+    monkeypatch.setattr(bench, "_runner", fake_runner)
+    res = bench.bench_peers(p, det, CPU, rounds=3, warmup=0, names=("ssd",), volume=case.volume, affine=case.affine)
+    (row,) = res["rows"]
+    assert row["error"] == "RuntimeError: out of memory" and row["rounds"] == 1
+    assert row["runs_end_to_end_ms"] == [10.0, None, None] and row["x_igrpn_end_to_end"] == 1.0
 
 
 def test_peer_list_words() -> None:
@@ -236,9 +292,8 @@ def test_one_conv_peer_times_the_deviation(tiny) -> None:
     """The one-conv-block-1 peer is the IG-RPN less block 1's second conv: fewer FLOPs by
     exactly that layer's, on the same grid."""
     p, case = tiny
-    ref = {"grid_shape": list(p.shape_vox), "network_ms": 1.0, "end_to_end": {"median_ms": 2.0}}
-    (row,) = bench.bench_peers(p, ref, CPU, repeats=1, warmup=0, names=(bench.ONE_CONV_PEER,),
-                               volume=case.volume, affine=case.affine)
+    (row,) = bench.bench_peers(p, bench.untrained_detector(p, CPU), CPU, rounds=1, warmup=0,
+                               names=(bench.ONE_CONV_PEER,), volume=case.volume, affine=case.affine)["rows"]
     assert row["available"] and row["error"] is None and row["end_to_end_ms"] > 0
     full = bench.count_flops(bench.build_model(p), (1, 1, *p.shape_vox))
     layer = 2 * p.width * p.width * 27 * int(np.prod(p.shape_vox))
@@ -299,8 +354,10 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
         assert [pe["name"] for pe in r["peers"]] == ["ssd"]
         pe = r["peers"][0]
         assert pe["available"] in (True, False) and (pe["available"] or pe["reason"])
-        if pe["available"] and not pe["error"]:
-            assert pe["x_igrpn_network"] == pytest.approx(pe["network_ms"] / r["detect"]["fp32"]["network_ms"], rel=1e-2)
+        if pe["available"] and not pe["error"]:  # one round: the ratio is that round's
+            mine = r["peers_paired"]["igrpn"]
+            assert pe["rounds"] == r["peers_paired"]["rounds"] == 1
+            assert pe["x_igrpn_network"] == pytest.approx(pe["network_ms"] / mine["network_ms"], rel=1e-2)
         al = r["allocator"]
         if m["allocator"]["libc"] is None:
             assert al["error"] and not al["rows"]

@@ -676,3 +676,33 @@ def test_targets_of_a_machine_without_bf16() -> None:
     v = verdicts(checks)
     assert v[("cpu-small detect", "cpu-small, fp32")] is True and v[("paper scale", "paper, fp32")] is True
     assert "emulated (the CPU has AVX2" in B.machine_text(emulated_bench())
+
+
+def test_peers_timed_in_rounds_are_compared_round_by_round() -> None:
+    """With ``peers_paired`` (peers and IG-RPN timed in the same rounds) the tables show the
+    IG-RPN's times from those rounds, each peer's spread, and the one-conv comparison as a
+    median of per-round ratios; the RetinaNet check quotes the spread."""
+    bench = planted_bench(retina_x=1.1)
+    r = bench["presets"]["paper"]
+    r["peers_paired"] = {"rounds": 3, "igrpn": {"runs_network_ms": [90.0, 100.0, 110.0],
+                                                "runs_end_to_end_ms": [100.0, 110.0, 120.0],
+                                                "network_ms": 100.0, "end_to_end_ms": 110.0}}
+    retina = next(pe for pe in r["peers"] if pe["name"] == "retinanet")
+    retina.update(runs_end_to_end_ms=[120.0, 99.0, 132.0], end_to_end_ms=120.0, x_igrpn_end_to_end=1.1,
+                  x_igrpn_end_to_end_range=[0.9, 1.2], slower_rounds=2, rounds=3)
+    r["peers"].append({"name": ONE_CONV_PEER, "network_ms": 60.0, "end_to_end_ms": 80.0, "x_igrpn_network": 0.6,
+                       "x_igrpn_end_to_end": 0.75, "runs_end_to_end_ms": [80.0, 90.0, 60.0], "gflop": 8.0,
+                       "x_igrpn_end_to_end_range": [0.5, 0.82], "slower_rounds": 0, "rounds": 3,
+                       "reason": None, "error": None})
+    rows = cells(B.peers_html(bench))
+    mine = next(row for row in rows if row[0] == "paper" and row[1] == "IG-RPN")
+    assert mine[2] == "100.0" and mine[4] == "110.0"  # the rounds' medians, not the detect section's
+    assert next(row for row in rows if row[1] == "retinanet" and row[0] == "paper")[6] == "0.90-1.20, slower in 2 of 3"
+    (paper,) = [row for row in B.one_conv_rows(bench) if row["preset"] == "paper"]
+    assert paper["igrpn_ms"] == 110.0 and paper["x_igrpn"] == 0.75
+    assert paper["x_retinanet"] == pytest.approx(1.5)  # median of 1.5, 1.1, 2.2 (ratio of medians: 1.5 too)
+    retina["runs_end_to_end_ms"] = [120.0, 99.0, 70.0]  # now the ratio of medians (99 / 80) differs
+    (paper,) = [row for row in B.one_conv_rows(bench) if row["preset"] == "paper"]
+    assert paper["x_retinanet"] == pytest.approx(70.0 / 60.0)  # median of 1.5, 1.1, 1.167
+    check = next(c for c in B.check_targets(bench) if c.where == "paper, fp32" and c.target.startswith("faster"))
+    assert check.measured == pytest.approx(1.1) and "per-round ratio 0.90-1.20, slower in 2 of 3 rounds" in check.note

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rpn_lib.bench import ONE_CONV_PEER
+from rpn_lib.bench import ONE_CONV_PEER, igrpn_peer_times, paired_range_text
 from rpn_lib.replicate import MISSING, SHIPPED_VS_PEER
 from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 
@@ -345,14 +345,16 @@ def peers_html(bench: Mapping[str, Any]) -> str:
     """The peers on the same input (fp32, batch 1) as ratios to the IG-RPN (above 1: slower)."""
     rows = []
     for name, r in bench["presets"].items():
-        d = r["detect"]["fp32"]
-        rows.append([name, "IG-RPN", fmt_num(d["network_ms"]), "1.00", fmt_num(d["end_to_end"]["median_ms"]), "1.00",
+        mine = igrpn_peer_times(r)
+        rows.append([name, "IG-RPN", fmt_num(mine["network_ms"]), "1.00", fmt_num(mine["end_to_end_ms"]), "1.00", "",
                      fmt_num(r.get("gflop_forward"), 3), ""])
         for pe in r["peers"]:
             note = pe.get("reason") or pe.get("error") or ("network only" if pe["end_to_end_ms"] is None else "")
             rows.append([name, pe["name"], fmt_num(pe["network_ms"]), fmt_num(pe["x_igrpn_network"], 2),
-                         fmt_num(pe["end_to_end_ms"]), fmt_num(pe["x_igrpn_end_to_end"], 2), fmt_num(pe["gflop"], 3), note])
-    return html_table(["preset", "model", "network ms", "× IG-RPN", "end to end ms", "× IG-RPN", "GFLOP", "note"], rows)
+                         fmt_num(pe["end_to_end_ms"]), fmt_num(pe["x_igrpn_end_to_end"], 2), paired_range_text(pe),
+                         fmt_num(pe["gflop"], 3), note])
+    return html_table(["preset", "model", "network ms", "× IG-RPN", "end to end ms", "× IG-RPN", "per-round × (end to end)",
+                       "GFLOP", "note"], rows)
 
 
 def peer_ratio(pe: Mapping[str, Any]) -> float | None:
@@ -391,7 +393,9 @@ def one_conv_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
     model has no end-to-end time), ``igrpn_ms``, ``one_conv_ms``, ``retinanet_ms``,
     ``x_igrpn`` (one-conv time over the IG-RPN's: below 1 is faster), ``x_retinanet``
     (RetinaNet's time over the one-conv model's: above 1, the one-conv model is faster),
-    ``gflop_igrpn``, ``gflop_one_conv``. Presets where either peer is missing or failed are
+    ``gflop_igrpn``, ``gflop_one_conv``. Where the three were timed in the same rounds
+    (``peers_paired``), the ratios are medians of the per-round ratios and ``igrpn_ms`` the
+    IG-RPN's median over those rounds. Presets where either peer is missing or failed are
     left out."""
     rows = []
     for name, r in bench["presets"].items():
@@ -399,15 +403,19 @@ def one_conv_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
         one, retina = peers.get(ONE_CONV_PEER), peers.get("retinanet")
         if not one or not retina or any(pe.get("error") or pe.get("reason") for pe in (one, retina)):
             continue
-        d = r["detect"]["fp32"]
         e2e = bool(one.get("end_to_end_ms") and retina.get("end_to_end_ms"))
         key = "end_to_end_ms" if e2e else "network_ms"
-        mine = d["end_to_end"]["median_ms"] if e2e else d["network_ms"]
-        if not one.get(key) or not retina.get(key):
+        mine = igrpn_peer_times(r)[key]
+        if not one.get(key) or not retina.get(key) or not mine:
             continue
+        x_igrpn, x_retinanet = one[key] / mine, retina[key] / one[key]
+        runs_one, runs_retina = one.get("runs_" + key), retina.get("runs_" + key)
+        if runs_one and runs_retina:  # timed in the same rounds: medians of the per-round ratios
+            x_igrpn = one["x_igrpn_" + key.removesuffix("_ms")]
+            x_retinanet = float(np.median([b / a for a, b in zip(runs_one, runs_retina) if a and b]))
         rows.append({"preset": name, "timed": "end to end" if e2e else "network", "igrpn_ms": mine,
-                     "one_conv_ms": one[key], "retinanet_ms": retina[key], "x_igrpn": one[key] / mine,
-                     "x_retinanet": retina[key] / one[key], "gflop_igrpn": r.get("gflop_forward"),
+                     "one_conv_ms": one[key], "retinanet_ms": retina[key], "x_igrpn": x_igrpn,
+                     "x_retinanet": x_retinanet, "gflop_igrpn": r.get("gflop_forward"),
                      "gflop_one_conv": one.get("gflop")})
     return rows
 
@@ -726,8 +734,9 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
             else:
                 met = acc_ok  # faster: met when the accuracy is equal or better, undecided when unknown
             note = pe.get("reason") or pe.get("error") or acc_note or "accuracy not compared here"
+            spread = paired_range_text(pe)
             out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)", f"{name}, fp32", x, 1.0,
-                                   "×", met, join(note, quick)))
+                                   "×", met, join(f"per-round ratio {spread} rounds" if spread else "", note, quick)))
     for row in one_conv_rows(bench):
         x1 = row["x_retinanet"]
         met1 = one_conv_acc[0] if x1 > 1.0 else False
