@@ -698,6 +698,8 @@ def test_peers_timed_in_rounds_are_compared_round_by_round() -> None:
     mine = next(row for row in rows if row[0] == "paper" and row[1] == "IG-RPN")
     assert mine[2] == "100.0" and mine[4] == "110.0"  # the rounds' medians, not the detect section's
     assert next(row for row in rows if row[1] == "retinanet" and row[0] == "paper")[6] == "0.90-1.20, slower in 2 of 3"
+    assert ("paper: retinanet took 1.10x the IG-RPN's time end to end (median of the per-round ratios; per round "
+            "0.90-1.20, slower in 2 of 3 rounds)") in B.peer_round_lines(bench)
     (paper,) = [row for row in B.one_conv_rows(bench) if row["preset"] == "paper"]
     assert paper["igrpn_ms"] == 110.0 and paper["x_igrpn"] == 0.75
     assert paper["x_retinanet"] == pytest.approx(1.5)  # median of 1.5, 1.1, 2.2 (ratio of medians: 1.5 too)
@@ -706,3 +708,10 @@ def test_peers_timed_in_rounds_are_compared_round_by_round() -> None:
     assert paper["x_retinanet"] == pytest.approx(70.0 / 60.0)  # median of 1.5, 1.1, 1.167
     check = next(c for c in B.check_targets(bench) if c.where == "paper, fp32" and c.target.startswith("faster"))
     assert check.measured == pytest.approx(1.1) and "per-round ratio 0.90-1.20, slower in 2 of 3 rounds" in check.note
+
+
+def test_peer_tables_of_older_files_have_no_rounds_column() -> None:
+    bench = planted_bench()
+    header = cells(B.peers_html(bench))[0]
+    assert "per-round × (end to end)" not in header and len(header) == 8
+    assert B.peer_round_lines(bench) == []

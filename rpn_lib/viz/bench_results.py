@@ -26,7 +26,7 @@ from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 __all__ = [
     "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
-    "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
+    "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "peer_round_lines", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
     "plot_precision_rates", "accuracy_text", "TargetCheck",
     "BUDGET_SETTING", "BUDGET_SHIPPED", "BUDGET_PEER", "BUDGET_1CONV", "budget_pair", "budget_html", "check_targets", "targets_html",
 ]
@@ -353,8 +353,23 @@ def peers_html(bench: Mapping[str, Any]) -> str:
             rows.append([name, pe["name"], fmt_num(pe["network_ms"]), fmt_num(pe["x_igrpn_network"], 2),
                          fmt_num(pe["end_to_end_ms"]), fmt_num(pe["x_igrpn_end_to_end"], 2), paired_range_text(pe),
                          fmt_num(pe["gflop"], 3), note])
-    return html_table(["preset", "model", "network ms", "× IG-RPN", "end to end ms", "× IG-RPN", "per-round × (end to end)",
-                       "GFLOP", "note"], rows)
+    header = ["preset", "model", "network ms", "× IG-RPN", "end to end ms", "× IG-RPN", "per-round × (end to end)",
+              "GFLOP", "note"]
+    if not any(row[6] for row in rows):  # a file written before peers were timed in rounds
+        header, rows = header[:6] + header[7:], [row[:6] + row[7:] for row in rows]
+    return html_table(header, rows)
+
+
+def peer_round_lines(bench: Mapping[str, Any], names: Sequence[str] = ("retinanet", ONE_CONV_PEER)) -> list[str]:
+    """One sentence per preset and peer in ``names`` that was timed in rounds beside the
+    IG-RPN: its median per-round ratio and the spread (empty for older files)."""
+    lines = []
+    for preset, r in bench["presets"].items():
+        for pe in r["peers"]:
+            if pe["name"] in names and pe.get("rounds") and pe.get("x_igrpn_end_to_end") is not None:
+                lines.append(f"{preset}: {pe['name']} took {pe['x_igrpn_end_to_end']:.2f}x the IG-RPN's time end to "
+                             f"end (median of the per-round ratios; per round {paired_range_text(pe)} rounds)")
+    return lines
 
 
 def peer_ratio(pe: Mapping[str, Any]) -> float | None:
