@@ -9,6 +9,9 @@
 # for this run only. rpn_lib is imported from the checkout. The synthetic cpu-small dataset, used
 # for the accuracy check of fp16 against fp32, is generated into data/synth-cpu-small when missing.
 # The script writes OUT_DIR/bench-cuda.json, OUT_DIR/bench-cuda.md and OUT_DIR/bench-cuda.log.
+# Wheels for a Python 3.12 without nibabel and monai, fetched on any machine with network:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux2014_x86_64 -d WHEEL_DIR nibabel==5.4.2 monai==1.6.1
 #
 # Environment:
 #   PYTHON       the interpreter (default: python3)
