@@ -438,3 +438,33 @@ def test_bad_inputs_exit_2_with_one_line_before_measuring(extra: list[str], what
     assert captured.err.startswith("rpn-lib: error: ") and captured.err.count("\n") == 1 and what in captured.err
     assert captured.out == ""
     assert not (tmp_path / "b.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/bench_cuda.sh (the benchmark on a CUDA machine); here only what it refuses
+# --------------------------------------------------------------------------------------------
+
+BENCH_CUDA = Path(__file__).resolve().parents[1] / "scripts" / "bench_cuda.sh"
+
+
+def _bench_cuda(*args: str, **env: str):
+    import os
+    import subprocess
+
+    return subprocess.run(["bash", str(BENCH_CUDA), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": sys.executable, **env})
+
+
+def test_bench_cuda_script_checks_its_arguments(tmp_path: Path) -> None:
+    r = _bench_cuda()
+    assert r.returncode == 2 and "usage:" in r.stderr
+    (tmp_path / "wheels").mkdir()
+    r = _bench_cuda(str(tmp_path / "out"), str(tmp_path / "wheels"))
+    assert r.returncode == 2 and "no .whl file" in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_bench_cuda_script_stops_without_a_gpu(tmp_path: Path) -> None:
+    r = _bench_cuda(str(tmp_path / "out"), BENCH_DEVICE="cuda")
+    assert r.returncode != 0 and "torch sees no CUDA device" in r.stderr
+    assert not (tmp_path / "out" / "bench-cuda.json").exists()
