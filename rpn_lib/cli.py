@@ -508,7 +508,7 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
                    help="cube sides of the size-scaling table, or none (default: 64,96,128,160; --quick: 16,24)")
     p.add_argument("--size-width", type=_positive_int, default=None,
                    help="first-block width of the size-scaling model (default: 32; --quick: 2)")
-    p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per measurement (median reported)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per measurement (median reported), and rounds of the peer comparison")
     p.add_argument("--train-repeats", type=_positive_int, default=3, help="timed training steps")
     p.add_argument("--out", type=Path, default=Path("results/bench.json"), help="JSON file to write")
     p.add_argument("--markdown", type=Path, default=None, help="also write the printed table to this file")
