@@ -46,6 +46,7 @@ import copy
 import datetime as _dt
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -974,6 +975,65 @@ def amp_accuracy(model_path: str | Path, data: str | Path, split: str = "test", 
 # --------------------------------------------------------------------------------------------
 
 
+def bench_layers(model: nn.Module, shape_vox: Sequence[int], device: str | torch.device = "cpu", repeats: int = 3,
+                 warmup: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Time of every convolution in one fp32 forward pass of the network as the detector runs it:
+    batch norm folded and every convolution on oneDNN (:func:`~rpn_lib.inference.prepare_for_inference`,
+    applied to a copy), channels-last weights and input, batch 1, inference mode.
+
+    Forward hooks read the clock before and after each convolution; on CUDA each read first
+    synchronises, which serialises the GPU's queue, so there the times are an upper bound.
+    ``model`` is not changed.
+
+    Returns ``shape_vox``; ``rows``, one per convolution in forward order: ``name`` (module
+    path), ``gflop`` (two per multiply-add), ``ms`` (median over ``repeats`` passes) and
+    ``gflops_per_s``; ``forward_ms`` (median whole pass, hooks included), ``convs_ms`` (the sum
+    of the rows) and ``other_ms`` (the rest of the pass: ReLU, pooling, up-sampling,
+    concatenation, layout changes).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    dev = resolve_device(device)
+    m = prepare_for_inference(model.to(dev).eval()).to(memory_format=torch.channels_last_3d)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((1, 1, *(int(s) for s in shape_vox)), generator=g).to(dev)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    convs = [(name, mod) for name, mod in m.named_modules() if isinstance(mod, nn.Conv3d)]
+    times: dict[str, list[float]] = {name: [] for name, _ in convs}
+    flops: dict[str, int] = {}
+    start: dict[str, float] = {}
+
+    def before(name: str) -> Callable[..., None]:
+        def hook(mod: nn.Module, inp: Any) -> None:
+            _sync(dev)
+            start[name] = time.perf_counter()
+        return hook
+
+    def after(name: str) -> Callable[..., None]:
+        def hook(mod: nn.Conv3d, inp: Any, out: torch.Tensor) -> None:
+            _sync(dev)
+            times[name].append((time.perf_counter() - start[name]) * 1e3)
+            flops[name] = 2 * out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+        return hook
+
+    handles = [h for name, mod in convs
+               for h in (mod.register_forward_pre_hook(before(name)), mod.register_forward_hook(after(name)))]
+    try:
+        with torch.inference_mode():
+            t = time_call(lambda: m(x), dev, repeats, warmup, memory=False)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for name, _ in convs:
+        ms = statistics.median(times[name][warmup:])
+        rows.append({"name": name, "gflop": _r(flops[name] / 1e9, 4), "ms": _r(ms),
+                     "gflops_per_s": _r(flops[name] / 1e9 / (ms * 1e-3), 1)})
+    convs_ms = sum(r["ms"] for r in rows)
+    return {"shape_vox": [int(s) for s in shape_vox], "rows": rows, "forward_ms": t["median_ms"],
+            "convs_ms": _r(convs_ms), "other_ms": _r(t["median_ms"] - convs_ms), "repeats": repeats, "warmup": warmup}
+
+
 def _efficiency(gflop: float, forward_ms: float, e2e_ms: float, peak: dict[str, Any]) -> dict[str, Any]:
     achieved = gflop / (forward_ms * 1e-3)
     floor_ms = gflop / peak["gflops_per_s"] * 1e3
@@ -1030,6 +1090,8 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
         if prec in peaks:
             d = res["detect"][prec]
             res["efficiency"][prec] = _efficiency(gflop, d["network_ms"], d["end_to_end"]["median_ms"], peaks[prec])
+    log(f"{preset.name}: time per convolution")
+    res["layers"] = bench_layers(model, grid, device, min(repeats, 3), warmup, seed)
     res["train"] = {}
     for prec in ("fp32", *(["bf16"] if "bf16" in amp else [])):
         log(f"{preset.name}: training step {prec}")
@@ -1346,6 +1408,17 @@ def format_report(result: dict[str, Any]) -> str:
     out += ["", "## How close to the hardware limit (network forward pass against the matmul peak)", ""]
     out += _table(["preset", "precision", "GFLOP", "network ms", "GFLOP/s", "peak GFLOP/s", "of peak",
                    "floor ms", "end to end / floor"], rows)
+    layered = [(name, r["layers"]) for name, r in pres.items() if r.get("layers")]
+    if layered:
+        peak = (result.get("matmul_peak") or {}).get("fp32", {}).get("gflops_per_s")
+        rows = [[name, row["name"], _g(row["gflop"]), _f(row["ms"]), _f(row["gflops_per_s"]),
+                 _f(row["gflops_per_s"] / peak if peak else None, 1, pct=True)]
+                for name, lay in layered for row in lay["rows"]]
+        rows += [[name, "everything else (ReLU, pooling, up-sampling, concatenation)", "", _f(lay["other_ms"]), "", ""]
+                 for name, lay in layered]
+        out += ["", "## Time per convolution (fp32 forward pass as the detector runs it; of peak: of the fp32 matmul's)",
+                ""]
+        out += _table(["preset", "layer", "GFLOP", "ms", "GFLOP/s", "of peak"], rows)
     rows = [[name, prec, t["batch_size"], _f(t["step"]["median_ms"]), _f(t["samples_per_s"], 2), _f(t["data_ms"]),
              _f(t["forward_ms"]), _f(t["loss_ms"]), _f(t["backward_ms"]), _f(t["optimizer_ms"]), _mem(t["memory"])]
             for name, r in pres.items() for prec, t in r["train"].items()]

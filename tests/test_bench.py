@@ -202,6 +202,26 @@ def test_a_lever_that_fails_is_a_row_with_its_error() -> None:
         bench.bench_levers(model, (16, 16, 16), CPU, repeats=1, warmup=0, settings=settings[::-1])
 
 
+def test_time_per_convolution() -> None:
+    """One row per convolution in forward order; their FLOPs add up to the independent count
+    of the whole network (FlopCounterMode), and the convolutions' time fits inside the pass."""
+    torch.manual_seed(0)
+    model = IGRPN(width=2, stride=4).eval()
+    lay = bench.bench_layers(model, (16, 16, 16), CPU, repeats=1, warmup=0)
+    names = [r["name"] for r in lay["rows"]]
+    assert names[0] == "backbone.block1.0.0" and names[-2:] == ["head.cls", "head.reg"]
+    assert len(names) == sum(isinstance(m, nn.Conv3d) for m in model.modules())
+    total = bench.count_flops(model, (1, 1, 16, 16, 16))
+    assert sum(r["gflop"] for r in lay["rows"]) == pytest.approx(total / 1e9, abs=1e-4 * len(names))
+    assert all(r["ms"] > 0 and r["gflops_per_s"] > 0 for r in lay["rows"])
+    assert lay["convs_ms"] == pytest.approx(sum(r["ms"] for r in lay["rows"]), abs=1e-2)
+    assert lay["other_ms"] >= 0 and lay["forward_ms"] == pytest.approx(lay["convs_ms"] + lay["other_ms"], abs=1e-2)
+    assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())  # the rewrite worked on a copy
+    assert all(w.is_contiguous() for w in model.parameters())
+    with pytest.raises(ValueError, match="repeats"):
+        bench.bench_layers(model, (16, 16, 16), CPU, repeats=0)
+
+
 def test_sizes_table() -> None:
     s = bench.bench_sizes([8, 16], width=2, device=CPU, repeats=1, warmup=0)
     assert [r["size"] for r in s["rows"]] == [8, 16] and s["width"] == 2
@@ -351,6 +371,7 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
         for e in r["efficiency"].values():
             assert e["gflops_per_s"] > 0 and e["fraction_of_peak"] > 0 and e["end_to_end_over_floor"] > 0
         assert r["levers"][0]["x_baseline"] == 1.0
+        assert [row["name"] for row in r["layers"]["rows"]][:1] == ["backbone.block1.0.0"]
         assert [pe["name"] for pe in r["peers"]] == ["ssd"]
         pe = r["peers"][0]
         assert pe["available"] in (True, False) and (pe["available"] or pe["reason"])

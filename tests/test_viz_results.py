@@ -715,3 +715,22 @@ def test_peer_tables_of_older_files_have_no_rounds_column() -> None:
     header = cells(B.peers_html(bench))[0]
     assert "per-round × (end to end)" not in header and len(header) == 8
     assert B.peer_round_lines(bench) == []
+
+
+def test_time_per_convolution_table_and_figure() -> None:
+    bench = planted_bench()
+    assert B.layers_html(bench) == ""  # an older file: no per-layer times
+    with pytest.raises(ValueError, match="no per-layer times"):
+        B.plot_layer_rates(bench)
+    bench["presets"]["paper"]["layers"] = {
+        "shape_vox": [128, 128, 128], "forward_ms": 1000.0, "convs_ms": 900.0, "other_ms": 100.0,
+        "rows": [{"name": "backbone.block1.0.0", "gflop": 3.6, "ms": 300.0, "gflops_per_s": 12.0},
+                 {"name": "backbone.block1.1.0", "gflop": 120.0, "ms": 600.0, "gflops_per_s": 200.0}]}
+    rows = cells(B.layers_html(bench))
+    assert rows[1] == ["paper", "backbone.block1.0.0", "3.60", "300.0", "30.0 %", "12.0", "6 %"]
+    assert rows[2][-1] == "100 %" and rows[3][:2] == ["paper", "everything else"] and rows[3][4] == "10.0 %"
+    fig = B.plot_layer_rates(bench)
+    ax = fig.axes[0]
+    assert [p.get_width() for p in ax.patches] == [12.0, 200.0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["backbone.block1.0.0", "backbone.block1.1.0"]
+    plt.close(fig)

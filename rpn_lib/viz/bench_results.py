@@ -26,7 +26,7 @@ from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 __all__ = [
     "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
-    "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "peer_round_lines", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
+    "layers_html", "plot_layer_rates", "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "peer_round_lines", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
     "plot_precision_rates", "accuracy_text", "TargetCheck",
     "BUDGET_SETTING", "BUDGET_SHIPPED", "BUDGET_PEER", "BUDGET_1CONV", "budget_pair", "budget_html", "check_targets", "targets_html",
 ]
@@ -279,6 +279,54 @@ def efficiency_html(bench: Mapping[str, Any]) -> str:
                          fmt_num(e["end_to_end_ms"]), fmt_num(e["end_to_end_over_floor"], 2)])
     return html_table(["preset", "precision", "GFLOP", "network ms", "GFLOP/s", "peak GFLOP/s", "of peak", "floor ms",
                        "end to end ms", "end to end / floor"], rows)
+
+
+def layers_html(bench: Mapping[str, Any]) -> str:
+    """Time and rate of each convolution of the fp32 forward pass (``rpn-lib bench``'s
+    ``layers``), per preset, with its share of the pass and of the matmul peak; a last row per
+    preset for everything else in the pass. Empty for files without per-layer times."""
+    peak = bench.get("matmul_peak", {}).get("fp32", {}).get("gflops_per_s")
+    rows = []
+    for name, r in bench["presets"].items():
+        lay = r.get("layers")
+        if not lay:
+            continue
+        for row in lay["rows"]:
+            rows.append([name, row["name"], fmt_num(row["gflop"], 2), fmt_num(row["ms"]),
+                         fmt_num(100 * row["ms"] / lay["forward_ms"], 1, " %"), fmt_num(row["gflops_per_s"]),
+                         fmt_num(100 * row["gflops_per_s"] / peak, 0, " %") if peak else MISSING])
+        rows.append([name, "everything else", "", fmt_num(lay["other_ms"]),
+                     fmt_num(100 * lay["other_ms"] / lay["forward_ms"], 1, " %"), "", ""])
+    if not rows:
+        return ""
+    return html_table(["preset", "layer", "GFLOP", "ms", "of the pass", "GFLOP/s", "of the matmul peak"], rows)
+
+
+def plot_layer_rates(bench: Mapping[str, Any], preset: str = "paper", ax: Any = None) -> Any:
+    """GFLOP/s of each convolution of ``preset``'s fp32 forward pass (one bar each, in forward
+    order, labelled with its time), against the fp32 matmul peak (dashed line)."""
+    import matplotlib.pyplot as plt
+
+    lay = bench["presets"][preset].get("layers")
+    if not lay:
+        raise ValueError(f"no per-layer times for {preset!r} in this file (written before rpn-lib bench measured them)")
+    rows = lay["rows"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.2), layout="constrained")
+    y = np.arange(len(rows))
+    ax.barh(y, [r["gflops_per_s"] for r in rows], color="C0")
+    for i, r in enumerate(rows):
+        ax.text(r["gflops_per_s"], i, f" {r['ms']:.0f} ms", va="center", fontsize=7)
+    peak = bench.get("matmul_peak", {}).get("fp32", {}).get("gflops_per_s")
+    if peak:
+        ax.axvline(peak, color="0.3", ls="--", lw=1, label=f"fp32 matmul peak, {peak:.0f} GFLOP/s")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("GFLOP/s")
+    ax.set_title(f"{preset}: rate of each convolution (fp32; everything else: {lay['other_ms']:.0f} of "
+                 f"{lay['forward_ms']:.0f} ms)", fontsize=9)
+    return ax.figure
 
 
 def levers_html(bench: Mapping[str, Any]) -> str:
