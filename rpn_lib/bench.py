@@ -841,9 +841,12 @@ def bench_peers(preset: str | Preset, igrpn: Detector, device: str | torch.devic
 
     A shared machine's speed drifts over minutes, so the models are not timed one after the
     other: after ``warmup`` runs and one run that measures each model's memory, every round
-    runs each model once, the IG-RPN included, in an order rotated by one model from round to
-    round. A peer's ratio is the median over the rounds of its time over the IG-RPN's time of
-    the same round (above 1: slower), with the smallest and largest per-round ratio.
+    times each model once, the IG-RPN included, in an order rotated by one model from round to
+    round. Within a round each model first runs once untimed, so that every timed run follows a
+    run of the same model, as when a detector processes volume after volume: the caches and the
+    freed memory the process keeps then hold that model's data, not the previous model's. A
+    peer's ratio is the median over the rounds of its time over the IG-RPN's time of the same
+    round (above 1: slower), with the smallest and largest per-round ratio.
 
     A method peer, and RetinaNet through its ``RetinaNetPeerDetector``, run through
     :func:`bench_detect` (network and end-to-end time); a peer without a detector runs only
@@ -903,7 +906,7 @@ def bench_peers(preset: str | Preset, igrpn: Detector, device: str | torch.devic
                 times[key].append((None, None))
                 continue
             try:
-                e2e, net_ms, _ = runners[key](1, 0)
+                e2e, net_ms, _ = runners[key](1, 1)  # one untimed run first: timed warm
             except Exception as e:  # noqa: BLE001
                 if key == IGRPN_KEY:
                     raise

@@ -262,15 +262,17 @@ def test_peers_run_in_rotating_rounds_and_ratios_are_paired(tiny, monkeypatch) -
         key = bench.IGRPN_KEY if d is det else "ssd"
 
         def run(repeats, warmup):
-            calls.append(key)
+            calls.append((key, warmup))
             t = next(clock[key])
             return t, t / 2, {"cpu_peak_rss_mb": 1.0}
         return run
 
     monkeypatch.setattr(bench, "_runner", fake_runner)
     res = bench.bench_peers(p, det, CPU, rounds=3, warmup=0, names=("ssd",), volume=case.volume, affine=case.affine)
-    # first the memory runs (IG-RPN, then the peer), then rounds in rotated order
-    assert calls == [bench.IGRPN_KEY, "ssd", bench.IGRPN_KEY, "ssd", "ssd", bench.IGRPN_KEY, bench.IGRPN_KEY, "ssd"]
+    # first the memory runs (IG-RPN, then the peer), then rounds in rotated order, each model
+    # timed after one untimed run of its own (warmup=1)
+    ig = bench.IGRPN_KEY
+    assert calls == [(ig, 0), ("ssd", 0), (ig, 1), ("ssd", 1), ("ssd", 1), (ig, 1), (ig, 1), ("ssd", 1)]
     (row,) = res["rows"]
     assert res["igrpn"]["runs_end_to_end_ms"] == [10.0, 20.0, 30.0] and res["igrpn"]["end_to_end_ms"] == 20.0
     assert row["runs_end_to_end_ms"] == [12.0, 18.0, 45.0] and row["end_to_end_ms"] == 18.0
