@@ -804,13 +804,20 @@ def _runner(det: Detector | None, net: nn.Module, volume: np.ndarray, affine: np
     return run
 
 
-def _paired(mine: Sequence[float | None], other: Sequence[float | None]) -> tuple[float | None, list[float] | None, int]:
-    """Median and [min, max] of the per-round ratios ``other / mine`` (rounds where both ran),
-    and the number of rounds where the ratio is above 1."""
+def paired_ratios(mine: Sequence[float | None], other: Sequence[float | None]) -> tuple[float | None, list[float] | None, int]:
+    """Median and [min, max] of the per-round ratios ``other / mine`` of two models timed in the
+    same rounds (rounds where either has no time are skipped), and the number of rounds where
+    the ratio is above 1; ``(None, None, 0)`` without a common round."""
     x = [o / m for m, o in zip(mine, other) if m and o]
     if not x:
         return None, None, 0
-    return _r(statistics.median(x), 3), [_r(min(x), 3), _r(max(x), 3)], sum(v > 1.0 for v in x)
+    return statistics.median(x), [min(x), max(x)], sum(v > 1.0 for v in x)
+
+
+def _paired(mine: Sequence[float | None], other: Sequence[float | None]) -> tuple[float | None, list[float] | None, int]:
+    """:func:`paired_ratios` rounded for JSON."""
+    med, span, slower = paired_ratios(mine, other)
+    return _r(med, 3), (None if span is None else [_r(v, 3) for v in span]), slower
 
 
 def igrpn_peer_times(preset_result: Mapping[str, Any]) -> dict[str, float | None]:
@@ -1031,7 +1038,7 @@ def bench_layers(model: nn.Module, shape_vox: Sequence[int], device: str | torch
     for name, _ in convs:
         ms = statistics.median(times[name][warmup:])
         rows.append({"name": name, "gflop": _r(flops[name] / 1e9, 4), "ms": _r(ms),
-                     "gflops_per_s": _r(flops[name] / 1e9 / (ms * 1e-3), 1)})
+                     "gflops_per_s": _r(flops[name] / 1e9 / (ms * 1e-3), 3)})  # toy layers run at < 0.1
     convs_ms = sum(r["ms"] for r in rows)
     return {"shape_vox": [int(s) for s in shape_vox], "rows": rows, "forward_ms": t["median_ms"],
             "convs_ms": _r(convs_ms), "other_ms": _r(t["median_ms"] - convs_ms), "repeats": repeats, "warmup": warmup}

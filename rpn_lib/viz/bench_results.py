@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rpn_lib.bench import ONE_CONV_PEER, igrpn_peer_times, paired_range_text
+from rpn_lib.bench import ONE_CONV_PEER, igrpn_peer_times, paired_range_text, paired_ratios
 from rpn_lib.replicate import MISSING, SHIPPED_VS_PEER
 from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 
@@ -475,7 +475,7 @@ def one_conv_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
         runs_one, runs_retina = one.get("runs_" + key), retina.get("runs_" + key)
         if runs_one and runs_retina:  # timed in the same rounds: medians of the per-round ratios
             x_igrpn = one["x_igrpn_" + key.removesuffix("_ms")]
-            x_retinanet = float(np.median([b / a for a, b in zip(runs_one, runs_retina) if a and b]))
+            x_retinanet = paired_ratios(runs_one, runs_retina)[0] or x_retinanet
         rows.append({"preset": name, "timed": "end to end" if e2e else "network", "igrpn_ms": mine,
                      "one_conv_ms": one[key], "retinanet_ms": retina[key], "x_igrpn": x_igrpn,
                      "x_retinanet": x_retinanet, "gflop_igrpn": r.get("gflop_forward"),
