@@ -10,13 +10,13 @@ Box convention (the only one in the library): a box is a row ``(cz, cy, cx, d, h
 sits at integer coordinates.
 """
 
-from rpn_lib.errors import DataError, ModelError, RpnLibError
+from rpn_lib.errors import DataError, DeviceError, ModelError, RpnLibError
 from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
 from rpn_lib.presets import PRESETS, Preset, get_preset
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DataError", "ModelError", "RpnLibError", "LANDMARK_NAMES", "NUM_LANDMARKS",
+    "DataError", "DeviceError", "ModelError", "RpnLibError", "LANDMARK_NAMES", "NUM_LANDMARKS",
     "PRESETS", "Preset", "get_preset", "__version__",
 ]

@@ -71,6 +71,7 @@ from rpn_lib.data.geometry import world_to_voxel
 from rpn_lib.data.preprocess import prepare_volume
 from rpn_lib.data.synth import generate_case, sample_scene
 from rpn_lib.detect import Detector
+from rpn_lib.device import resolve_device
 from rpn_lib.errors import RpnLibError
 from rpn_lib.fileio import atomic_write, atomic_write_json
 from rpn_lib.inference import prepare_for_inference
@@ -80,7 +81,6 @@ from rpn_lib.model import IGRPN
 from rpn_lib.precision import autocast_precisions, bf16_native, cpu_bf16_instructions
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.prior import GraphPrior
-from rpn_lib.train import resolve_device
 
 BENCH_FORMAT = "rpn-lib-bench/1"
 DEFAULT_SIZES = (64, 96, 128, 160)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rpn_lib.device import resolve_device
 from rpn_lib.errors import ModelError
 from rpn_lib.fileio import atomic_path
 from rpn_lib.landmarks import LANDMARK_NAMES
@@ -94,9 +95,11 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Read and validate a ``model.pt`` written by :func:`save_model`.
+    """Read and validate a ``model.pt`` written by :func:`save_model`; the network is put on
+    ``device`` (:func:`rpn_lib.device.resolve_device`).
 
     Raises:
+        DeviceError: ``device`` is not a device, or one this machine lacks.
         ModelError: missing or unreadable file, wrong format, damaged settings, an unknown
             method, weights that do not fit the preset's network.
     """
@@ -126,5 +129,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except (RuntimeError, TypeError, AttributeError) as e:
         raise ModelError(f"weights do not fit a width-{preset.width} {method.title} "
                          f"({str(e).splitlines()[0][:200]})", path) from None
-    model.to(device).eval()
+    model.to(resolve_device(device)).eval()
     return LoadedModel(model, preset, prior, names, meta, path, method)

@@ -107,7 +107,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    "(and on recent GPUs), elsewhere it is emulated and much slower; auto: bf16 where native, else fp32")
     p.add_argument("--channels-last", action="store_true",
                    help="weights and batches in channels_last_3d (faster with bf16 on a CPU; same training)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_device_arg(p)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_train)
@@ -147,6 +147,12 @@ def _axis_list(text: str) -> tuple[int, ...]:
     if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
         raise argparse.ArgumentTypeError(f"expected distinct axes among 0, 1, 2, got {text!r}")
     return axes
+
+
+def _add_device_arg(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--device``, checked when the command starts (:func:`rpn_lib.train.resolve_device`)."""
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help=prefix + "auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
 
 
 def _add_orientation_args(p: argparse.ArgumentParser) -> None:
@@ -202,7 +208,7 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", type=Path, nargs="+", help="NIfTI volumes (.nii, .nii.gz)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
-    p.add_argument("--device", default="auto")
+    _add_device_arg(p)
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
     _add_amp_arg(p)
@@ -256,7 +262,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split of splits.json ('all' for every case)")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON file")
     p.add_argument("--no-prior", dest="use_prior", action="store_false")
-    p.add_argument("--device", default="auto")
+    _add_device_arg(p)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
@@ -303,7 +309,7 @@ def _register_calibrate_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="model file to write (may be --model itself)")
     p.add_argument("--rule", choices=PRIOR_RULES, default="penalty-score", help="prior rule to record")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo refit")
-    p.add_argument("--device", default="auto")
+    _add_device_arg(p)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_calibrate_prior)
 
@@ -359,7 +365,7 @@ def _register_view(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=_size_wxh, default="800x600", metavar="WxH",
                    help="screenshot size in pixels (default: 800x600)")
     p.add_argument("--2d", dest="two_d", action="store_true", help="slice view instead of the 3D rendering")
-    p.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda (default: auto)")
+    _add_device_arg(p, "with --model: ")
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
     _add_amp_arg(p)
@@ -519,7 +525,7 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
                    "ssd, faster-rcnn, retinanet), all, or none")
     p.add_argument("--accuracy-data", type=Path, default=None,
                    help="dataset folder: compare d-mean of --model in fp32 and autocast on its test split")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_device_arg(p)
     p.add_argument("--autocast", choices=["native", "bf16", "none"], default="native",
                    help="reduced precision measured beside fp32: native (bf16 on CPUs with AVX512-BF16 or AMX, none "
                    "on other CPUs, bf16 and fp16 on CUDA), bf16 (also where it is emulated: slow), or none")
@@ -574,7 +580,7 @@ def _register_replicate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
                    help="autocast precision of training: bf16 (the shipped runs') is native and faster than fp32 "
                    "only on CPUs with AVX512-BF16 or AMX (and on recent GPUs); auto: bf16 where native, else fp32")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_device_arg(p)
     p.add_argument("--dry-run", action="store_true", help="print what is done and what is missing, change nothing")
     p.add_argument("--tables-only", action="store_true", help="train and evaluate nothing; rewrite the tables")
     p.add_argument("--no-progress", dest="progress", action="store_false")

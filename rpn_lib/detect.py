@@ -30,6 +30,7 @@ from rpn_lib.anchors import preset_anchor_grid
 from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import reorient_axes, voxel_to_world, world_to_voxel
 from rpn_lib.data.preprocess import ModelInput, prepare_volume
+from rpn_lib.device import resolve_device
 from rpn_lib.errors import DataError
 from rpn_lib.handedness import name_eye_sides, right_direction
 from rpn_lib.inference import prepare_for_inference
@@ -37,7 +38,6 @@ from rpn_lib.landmarks import EYES, LANDMARK_NAMES
 from rpn_lib.methods import CandidateSettings, ClassCandidates, method_from_dict
 from rpn_lib.precision import warn_if_emulated
 from rpn_lib.prior import GraphPrior, check_prior_rule, select_combination
-from rpn_lib.train import resolve_device
 
 
 @dataclass

@@ -25,3 +25,7 @@ class DataError(RpnLibError):
 
 class ModelError(RpnLibError):
     """A model file that is missing, unreadable, or does not fit the input."""
+
+
+class DeviceError(RpnLibError):
+    """A device name that is not known, or a device this machine or this PyTorch build lacks."""

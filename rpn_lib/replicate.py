@@ -333,7 +333,7 @@ def run_replication(
     preset = get_preset(preset)
     steps = int(steps if steps is not None else preset.steps)
     from rpn_lib.precision import resolve_precision
-    from rpn_lib.train import resolve_device
+    from rpn_lib.device import resolve_device
 
     precision = resolve_precision(precision, resolve_device(device))
     states = plan(results, methods, seeds, steps, preset)

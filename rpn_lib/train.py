@@ -39,6 +39,7 @@ from rpn_lib.checkpoint import load_checkpoint, save_checkpoint, save_model
 from rpn_lib.data.dataset import LandmarkDataset
 from rpn_lib.data.geometry import world_to_voxel
 from rpn_lib.data.preprocess import prepare_volume
+from rpn_lib.device import resolve_device
 from rpn_lib.errors import DataError
 from rpn_lib.fileio import atomic_write, atomic_write_json
 from rpn_lib.landmarks import LANDMARK_NAMES
@@ -50,15 +51,6 @@ from rpn_lib.presets import Preset, get_preset
 from rpn_lib.prior import GraphPrior
 
 LOG_FIELDS = ("step", "lr", "loss", "cls", "box", "positives", "sec_per_step")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass

@@ -24,6 +24,7 @@ def run(path: Path, timeout: int = 1200) -> float:
     """Execute one notebook in its own folder and write it back (atomically); return seconds."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                            coalesce_streams=True,  # one stdout block per cell, however the kernel flushed it
                             resources={"metadata": {"path": str(path.parent)}})
     t0 = time.perf_counter()
     client.execute()

@@ -92,6 +92,7 @@ from rpn_lib.fileio import atomic_write, atomic_write_json
 from rpn_lib.inference import prepare_for_inference
 from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
 from rpn_lib.precision import resolve_precision, warn_if_emulated
+from rpn_lib.device import resolve_device
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.methods import CandidateSettings, ClassCandidates
 from rpn_lib.prior import GraphPrior, check_prior_rule
@@ -102,7 +103,6 @@ from rpn_lib.train import (
     gt_boxes_from_landmarks,
     learning_rate,
     load_training_set,
-    resolve_device,
 )
 
 __all__ = [
