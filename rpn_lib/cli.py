@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rpn_lib import __version__
 from rpn_lib.allocator import configure_from_env
-from rpn_lib.errors import RpnLibError
+from rpn_lib.errors import DataError, RpnLibError
 from rpn_lib.presets import ANCHOR_LAYOUTS, EYE_SIDES, PRESETS
 
 PROG = "rpn-lib"
@@ -223,15 +223,45 @@ def _case_id(path: Path) -> str:
     return path.stem
 
 
+def _check_case_names(images: Sequence[Path]) -> None:
+    """Refuse two images whose outputs would share a name (``a/case.nii.gz``, ``b/case.nii``)."""
+    seen: dict[str, Path] = {}
+    for path in images:
+        case = _case_id(path)
+        if case in seen:
+            raise DataError(f"two images have the case name {case!r} ({seen[case]} and {path}); "
+                            "their outputs would overwrite each other: detect them into different --out folders")
+        seen[case] = path
+
+
+def _error_line(exc: BaseException, path: Path) -> str:
+    """``exc`` on one line, prefixed with ``path`` unless the message already names a file."""
+    if isinstance(exc, RpnLibError) and exc.path is not None:
+        return _one_line(exc)
+    return f"{path}: {_one_line(exc)}"
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
-    """``rpn-lib detect``: :meth:`rpn_lib.detect.Detector.detect` on each image."""
+    """``rpn-lib detect``: :meth:`rpn_lib.detect.Detector.detect` on each image.
+
+    An image that cannot be used (unreadable, too small, ...) is reported on one line and
+    skipped; the others are still detected. The exit code is 2 when any image failed."""
     from rpn_lib.data.io import load_volume, save_landmarks
     from rpn_lib.fileio import atomic_write_json
 
+    _check_case_names(args.images)
     det = _detector(args)
+    failed: list[Path] = []
     for path in args.images:
-        vol = load_volume(path)
-        res = det.detect(vol.array, vol.affine, use_prior=args.use_prior)
+        try:
+            vol = load_volume(path)
+            res = det.detect(vol.array, vol.affine, use_prior=args.use_prior)
+        except USER_ERRORS as e:
+            if args.debug:
+                traceback.print_exc()
+            print(f"{PROG}: error: {_error_line(e, path)}", file=sys.stderr)
+            failed.append(path)
+            continue
         case = _case_id(path)
         save_landmarks(args.out / f"{case}.mrk.json", res.landmarks_world,
                        extra={"model": str(args.model), "scores": res.scores.round(5).tolist()})
@@ -242,7 +272,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
             print(f"warning: {case}: no landmark scored above {LOW_SCORE} (best {res.scores.max():.3f}); the volume "
                   "may not look like the model's training data. Is the probe on the low-index side of array "
                   "axis 0? See --axis-order and --flip-axes.", file=sys.stderr)
-    return 0
+    if failed and len(args.images) > 1:
+        print(f"{PROG}: {len(failed)} of {len(args.images)} images failed (above); results for the other "
+              f"{len(args.images) - len(failed)} are in {args.out}", file=sys.stderr)
+    return EXIT_USER_ERROR if failed else 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""``rpn-lib detect`` on a folder of volumes: a bad one is reported and skipped, the rest are
+detected; outputs that would overwrite each other are refused before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rpn_lib.cli import main
+from rpn_lib.data.io import load_landmarks, save_volume
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ig-rpn-cpu-small" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from rpn_lib.data.dataset import synthetic_split_cases
+
+    root = tmp_path_factory.mktemp("detect")
+    case = synthetic_split_cases("test", n=152, n_test=32, seed=0, preset="cpu-small")[0]
+    save_volume(root / "face.nii.gz", case.volume, case.affine)
+    save_volume(root / "slab.nii.gz", np.random.default_rng(0).random((3, 90, 90), dtype=np.float32), np.eye(4))
+    (root / "broken.nii.gz").write_bytes(b"not a NIfTI")
+    return {"face": root / "face.nii.gz", "slab": root / "slab.nii.gz", "broken": root / "broken.nii.gz",
+            "truth": case.landmarks_world}
+
+
+def test_a_bad_volume_is_skipped_and_the_others_detected(images: dict, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    code = main(["detect", "--model", str(SHIPPED), str(images["broken"]), str(images["face"]), str(images["slab"]),
+                 "--out", str(out), "--device", "cpu"])
+    assert code == 2
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert errors[0] == f"rpn-lib: error: {images['broken']}: cannot read the image (truncated or corrupt file?): " \
+                        f"File {images['broken']} is not a gzip file"
+    assert errors[1].startswith(f"rpn-lib: error: {images['slab']}: volume of shape (3, 90, 90)")
+    assert "too small for this model" in errors[1]
+    assert errors[2] == f"rpn-lib: 2 of 3 images failed (above); results for the other 1 are in {out}"
+    assert "face: 5 landmarks" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["face.json", "face.mrk.json"]
+    found = load_landmarks(out / "face.mrk.json")
+    assert np.linalg.norm(found - images["truth"], axis=1).mean() < 15.0  # the good volume was really detected
+
+
+def test_all_good_volumes_exit_zero(images: dict, tmp_path: Path) -> None:
+    assert main(["detect", "--model", str(SHIPPED), str(images["face"]), "--out", str(tmp_path), "--device", "cpu"]) == 0
+
+
+def test_outputs_that_would_overwrite_each_other_are_refused(images: dict, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    twin = other / "face.nii"
+    twin.write_bytes(b"never read")
+    assert main(["detect", "--model", str(SHIPPED), str(images["face"]), str(twin), "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 2
+    assert "two images have the case name 'face'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
