@@ -82,8 +82,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "RUN/log.csv and RUN/train.json. --method picks the IG-RPN (rpn) or a baseline of Table 1.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", type=Path, required=True, help="dataset folder (images/, landmarks/, splits.json)")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR",
+                   help="dataset folder (images/, landmarks/, splits.json)")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--eye-sides", choices=list(EYE_SIDES), default=None,
@@ -97,6 +98,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    "rpn only; default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again over a run already in RUN (its model.pt, checkpoint.pt, log.csv and train.json "
+                   "are deleted once the data are read); without it, or --resume, such a folder is refused")
     p.add_argument("--no-iou-balance", dest="iou_balance", action="store_false",
                    help="plain cross-entropy instead of the IoU-balanced loss (ablation)")
     # rpn_lib.methods.METHOD_NAMES, written out: importing it here would import torch for --help
@@ -128,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     res = train(args.data, args.out, preset=preset, steps=args.steps, seed=args.seed, resume=args.resume,
                 iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
                 precision=args.precision, progress=args.progress, method=args.method,
-                channels_last=args.channels_last)
+                channels_last=args.channels_last, overwrite=args.overwrite)
     print(f"trained {res.steps} steps in {res.seconds:.0f} s (final loss {res.final_loss:.4f}): {res.run_dir / 'model.pt'}")
     return 0
 

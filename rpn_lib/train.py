@@ -153,6 +153,35 @@ class RunningLog:
             self.n, self.t_last = 0, now
 
 
+RUN_FILES = ("model.pt", "checkpoint.pt", "log.csv", "train.json")
+"""The files a training run writes into its folder."""
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a training over a run already in ``out`` (``model.pt`` or
+    ``checkpoint.pt``) unless ``resume`` (continue it) or ``overwrite`` (start again over it)
+    says what to do with it; called before anything is read, so no run is lost by accident.
+
+    Raises:
+        ValueError: ``resume`` and ``overwrite`` both set.
+        DataError: ``out`` holds a run and neither is set.
+    """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or start again over it")
+    held = [name for name in RUN_FILES[:2] if (out / name).exists()]
+    if held and not (resume or overwrite):
+        raise DataError(f"already holds a training run ({', '.join(held)}): continue it with resume=True "
+                        "(--resume), start again over it with overwrite=True (--overwrite), or choose another "
+                        "folder", out)
+
+
+def clear_run_files(out: Path) -> None:
+    """Delete the run files (:data:`RUN_FILES`) of ``out``, so that a run started again over an
+    old one leaves no old checkpoint behind to be resumed by mistake."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def train(
     data: str | Path | LandmarkDataset,
     out: str | Path,
@@ -171,6 +200,7 @@ def train(
     method: str = "rpn",
     method_options: dict[str, Any] | None = None,
     channels_last: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train an IG-RPN (or a baseline) on the ``train`` split of a dataset folder and write a run folder.
 
@@ -202,6 +232,8 @@ def train(
             ``{"sigma_mm": 4.0}`` for ``heatmap``); defaults when None.
         channels_last: keep weights and batches in ``torch.channels_last_3d`` (a speed
             setting: the same training up to rounding; ``rpn-lib bench`` measures it).
+        overwrite: start again over a run already in ``out`` (its run files are deleted);
+            without it (or ``resume``) such a folder is refused (:func:`check_run_folder`).
     """
     preset = get_preset(preset)
     steps = int(steps if steps is not None else preset.steps)
@@ -216,6 +248,7 @@ def train(
     if preset.block1_convs != 2 and not meth.uses_block1_convs:
         raise ValueError(f"block1_convs={preset.block1_convs} applies to rpn only, not {method!r}")
     out = Path(out)
+    check_run_folder(out, resume, overwrite)
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     warn_if_emulated(precision, dev)
@@ -251,6 +284,8 @@ def train(
         generator.set_state(state["generator"])
         start_step = state["step"]
     log_rows = _read_log(out / "log.csv", start_step) if resume else []
+    if overwrite:  # the data and settings are good: now the old run may go
+        clear_run_files(out)
 
     n_cases = ts.volumes.shape[0]
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import torch
 from rpn_lib.checkpoint import load_model
 from rpn_lib.data.dataset import LandmarkDataset, write_synthetic_dataset
 from rpn_lib.detect import Detector
-from rpn_lib.errors import ModelError
+from rpn_lib.errors import DataError, ModelError
 from rpn_lib.evaluate import evaluate
 from rpn_lib.presets import Preset
 from rpn_lib.train import train
@@ -57,6 +57,35 @@ def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
     full_log = without_timing(tmp_path / "full" / "log.csv")
     assert without_timing(tmp_path / "part" / "log.csv") == full_log
     assert [int(r[0]) for r in full_log[1:]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_folder_is_not_trained_over_by_accident(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    kw = dict(steps=2, checkpoint_every=1, log_every=1, progress=False, device="cpu", max_cases=2)
+    train(tiny_data, run, TINY, seed=0, **kw)
+    first = load_model(run / "model.pt").model.state_dict()
+    with pytest.raises(DataError, match=r"already holds a training run \(model.pt, checkpoint.pt\)"):
+        train(tiny_data, run, TINY, seed=1, **kw)
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(tiny_data, run, TINY, seed=1, resume=True, overwrite=True, **kw)
+    with pytest.raises(DataError, match="dataset folder not found"):  # a failure before training deletes nothing
+        train(tmp_path / "nowhere", run, TINY, seed=1, overwrite=True, **kw)
+    assert torch.equal(load_model(run / "model.pt").model.state_dict()["head.cls.weight"], first["head.cls.weight"])
+
+    class Stop(Exception):
+        pass
+
+    def stop(step: int, row: dict) -> None:
+        raise Stop
+
+    # overwrite deletes the old run first: interrupted before its first checkpoint, the folder
+    # holds no old checkpoint that a later resume could pick up by mistake
+    with pytest.raises(Stop):
+        train(tiny_data, run, TINY, seed=1, overwrite=True, callback=stop, **{**kw, "checkpoint_every": 2})
+    assert not (run / "checkpoint.pt").exists() and not (run / "model.pt").exists()
+    train(tiny_data, run, TINY, seed=1, overwrite=True, **kw)
+    second = load_model(run / "model.pt").model.state_dict()
+    assert not torch.equal(second["head.cls.weight"], first["head.cls.weight"])
 
 
 @pytest.mark.slow

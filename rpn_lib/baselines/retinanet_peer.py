@@ -100,6 +100,8 @@ from rpn_lib.train import (
     RunningLog,
     TrainingSet,
     TrainResult,
+    check_run_folder,
+    clear_run_files,
     gt_boxes_from_landmarks,
     learning_rate,
     load_training_set,
@@ -377,6 +379,7 @@ def train_retinanet(
     max_cases: int | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     config: RetinaNetConfig | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train the MONAI RetinaNet peer on the ``train`` split and write a run folder.
 
@@ -389,7 +392,8 @@ def train_retinanet(
     The run folder gets ``checkpoint.pt`` (weights, optimiser, step, the data generator and
     torch's global random state, which MONAI's sampler draws from, so a resumed run repeats an
     uninterrupted one), ``model.pt`` (for :func:`load_retinanet`), ``log.csv`` and
-    ``train.json``, as :func:`rpn_lib.train.train` writes them. Arguments as there; ``config``
+    ``train.json``, as :func:`rpn_lib.train.train` writes them. Arguments as there (``overwrite``
+    too); ``config``
     overrides the peer's settings (:class:`RetinaNetConfig`).
 
     ``precision="bf16"`` needs a coarsest feature map of at least 4^3 cells (inputs of 64^3 and
@@ -412,6 +416,7 @@ def train_retinanet(
                          "voxels per side (see train_retinanet); use precision='fp32'")
     warn_if_emulated(precision, dev)
     out = Path(out)
+    check_run_folder(out, resume, overwrite)
     dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")
     ts = load_training_set(dataset, preset, progress=progress)
     if max_cases is not None:
@@ -440,6 +445,8 @@ def train_retinanet(
         torch.set_rng_state(state["torch_rng"])
         start_step = int(state["step"])
     log_rows = _read_log(out / "log.csv", start_step) if resume else []
+    if overwrite:
+        clear_run_files(out)
 
     def checkpoint(step: int) -> None:
         _save({"format": CHECKPOINT_FORMAT, "network": detector.network.state_dict(),
