@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from rpn_lib import __version__
 from rpn_lib.allocator import configure_from_env
@@ -257,16 +259,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
     det = _detector(args)
     failed: list[Path] = []
     for path in args.images:
+        case = _case_id(path)
         try:
-            vol = load_volume(path)
-            res = det.detect(vol.array, vol.affine, use_prior=args.use_prior)
+            with warnings.catch_warnings(record=True) as caught:  # said below with the case's name
+                warnings.simplefilter("always")
+                vol = load_volume(path)
+                res = det.detect(vol.array, vol.affine, use_prior=args.use_prior)
         except USER_ERRORS as e:
             if args.debug:
                 traceback.print_exc()
             print(f"{PROG}: error: {_error_line(e, path)}", file=sys.stderr)
             failed.append(path)
             continue
-        case = _case_id(path)
+        for w in caught:
+            print(f"warning: {case}: {' '.join(str(w.message).split())}", file=sys.stderr)
         save_landmarks(args.out / f"{case}.mrk.json", res.landmarks_world,
                        extra={"model": str(args.model), "scores": res.scores.round(5).tolist()})
         atomic_write_json(args.out / f"{case}.json", {"image": str(path), **res.to_dict()})
@@ -666,6 +672,14 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _print_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the command line: ``warning: <message>`` on one line of
+    stderr, without the source file and line that Python's default shows."""
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file if file is not None else sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``rpn-lib`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
@@ -673,6 +687,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, argument errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USER_ERROR)
+    with warnings.catch_warnings():  # restores the caller's warning display (main runs in-process in tests)
+        if not args.debug:
+            warnings.showwarning = _print_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; errors a user can cause become one line and exit code 2."""
     try:
         # glibc keeps freed memory instead of page-faulting every big tensor anew (see
         # rpn_lib.allocator; RPN_LIB_ALLOCATOR=default turns it off)

@@ -28,8 +28,8 @@ import torch
 
 from rpn_lib.anchors import preset_anchor_grid
 from rpn_lib.checkpoint import LoadedModel, load_model
-from rpn_lib.data.geometry import reorient_axes, voxel_to_world, world_to_voxel
-from rpn_lib.data.preprocess import ModelInput, prepare_volume
+from rpn_lib.data.geometry import check_affine, reorient_axes, voxel_to_world, world_to_voxel
+from rpn_lib.data.preprocess import ModelInput, check_intensities, prepare_volume
 from rpn_lib.device import resolve_device
 from rpn_lib.errors import DataError
 from rpn_lib.handedness import name_eye_sides, right_direction
@@ -224,10 +224,12 @@ class Detector:
             raise DataError(f"expected a 3D volume, got shape {volume.shape}")
         if not np.isfinite(volume).all():
             raise DataError("volume contains NaN or infinite values")
+        check_intensities(volume)
         if affine is None:
             if spacing_mm is None:
                 raise ValueError("give the volume's affine or its isotropic spacing_mm")
             affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
+        affine = check_affine(affine)
         if self.axis_order != (0, 1, 2) or self.flip_axes:
             volume, affine = reorient_axes(volume, np.asarray(affine, dtype=np.float64), self.axis_order, self.flip_axes)
         extent_mm = np.asarray(volume.shape) * np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)

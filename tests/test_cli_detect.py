@@ -1,8 +1,11 @@
 """``rpn-lib detect`` on a folder of volumes: a bad one is reported and skipped, the rest are
-detected; outputs that would overwrite each other are refused before any work."""
+detected; outputs that would overwrite each other are refused before any work; inputs are
+checked in a useful order, and warnings are one line naming the case."""
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,9 @@ import pytest
 
 from rpn_lib.cli import main
 from rpn_lib.data.io import load_landmarks, save_volume
+from rpn_lib.data.preprocess import IntensityWarning
+from rpn_lib.detect import Detector
+from rpn_lib.errors import DataError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ig-rpn-cpu-small" / "model.pt"
 
@@ -23,8 +29,11 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_volume(root / "face.nii.gz", case.volume, case.affine)
     save_volume(root / "slab.nii.gz", np.random.default_rng(0).random((3, 90, 90), dtype=np.float32), np.eye(4))
     (root / "broken.nii.gz").write_bytes(b"not a NIfTI")
+    zscored = (case.volume - case.volume.mean()) / case.volume.std()
+    save_volume(root / "zscored.nii.gz", zscored.astype(np.float32), case.affine)
+    save_volume(root / "negative.nii.gz", -np.abs(zscored).astype(np.float32) - 0.1, case.affine)
     return {"face": root / "face.nii.gz", "slab": root / "slab.nii.gz", "broken": root / "broken.nii.gz",
-            "truth": case.landmarks_world}
+            "zscored": root / "zscored.nii.gz", "negative": root / "negative.nii.gz", "truth": case.landmarks_world}
 
 
 def test_a_bad_volume_is_skipped_and_the_others_detected(images: dict, tmp_path: Path,
@@ -60,3 +69,36 @@ def test_outputs_that_would_overwrite_each_other_are_refused(images: dict, tmp_p
                  "--device", "cpu"]) == 2
     assert "two images have the case name 'face'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_intensities_that_are_not_b_mode(images: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Voxels <= 0 count as outside the field of view: a z-scored volume is detected with a
+    warning naming the case; one with no voxel above 0 is refused."""
+    code = main(["detect", "--model", str(SHIPPED), str(images["zscored"]), str(images["negative"]),
+                 "--out", str(tmp_path), "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"warning: zscored: \d+% of the voxels are negative \(minimum -[\d.]+\); voxels <= 0 count "
+                        r"as outside the probe's field of view\. .*", err[0])
+    assert err[-2].startswith(f"rpn-lib: error: {images['negative']}: no voxel is above 0 (maximum -0.1")
+
+
+def test_detector_checks_the_affine_before_the_size() -> None:
+    det = Detector.from_file(SHIPPED, device="cpu")
+    with pytest.raises(DataError, match="affine is singular"):
+        det.detect(np.ones((64, 64, 64), np.float32), np.diag([2.6, 0.0, 2.6, 1.0]))
+    with pytest.warns(IntensityWarning, match="50% of the voxels are negative"):
+        det.prepare(np.tile(np.array([-1.0, 1.0], np.float32), 64 * 64 * 32).reshape(64, 64, 64), spacing_mm=2.6)
+
+
+def test_command_line_warnings_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    import rpn_lib.cli as cli
+
+    def warns(args: object) -> int:
+        warnings.warn("first line\n  second line", UserWarning)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_synth", warns)
+    assert main(["synth", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == "warning: first line second line\n"

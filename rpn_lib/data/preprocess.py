@@ -8,11 +8,14 @@ to world millimetres, so predictions map back to the user's image through world 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from rpn_lib.data.geometry import crop_or_pad_to_shape, resample_to_spacing, spacing_from_affine
+from rpn_lib.errors import DataError
 
 
 @dataclass
@@ -46,6 +49,37 @@ def normalize_intensity(volume: np.ndarray, low_pct: float = 0.5, high_pct: floa
     out = np.clip((v - lo) / (hi - lo), 0.0, 1.0)
     out[v <= 0] = 0.0
     return out.astype(np.float32)
+
+
+class IntensityWarning(UserWarning):
+    """A volume whose intensities do not look like B-mode ultrasound (many negative voxels)."""
+
+
+NEGATIVE_WARN_FRACTION = 0.01
+""":func:`check_intensities` warns when more than this fraction of the voxels is negative."""
+
+
+def check_intensities(volume: np.ndarray, path: str | Path | None = None) -> None:
+    """Check that ``volume`` fits :func:`normalize_intensity`'s convention: B-mode intensities
+    are >= 0, and voxels <= 0 count as outside the probe's field of view.
+
+    Raises:
+        DataError: no voxel is above 0 (nothing would be left to detect in).
+    Warns:
+        IntensityWarning: more than :data:`NEGATIVE_WARN_FRACTION` of the voxels are negative
+            (signed or z-scored data): they would all be treated as outside the field of view.
+    """
+    v = np.asarray(volume)
+    if not (v > 0).any():
+        raise DataError(f"no voxel is above 0 (maximum {float(v.max()):.4g}): voxels <= 0 count as outside the "
+                        "probe's field of view, so nothing is left to detect in; B-mode intensities start at 0",
+                        path)
+    negative = float((v < 0).mean())
+    if negative > NEGATIVE_WARN_FRACTION:
+        where = f"{path}: " if path is not None else ""
+        warnings.warn(f"{where}{negative:.0%} of the voxels are negative (minimum {float(v.min()):.4g}); voxels <= 0 "
+                      "count as outside the probe's field of view. B-mode intensities start at 0: shift or rescale "
+                      "signed or z-scored data to start at 0 first.", IntensityWarning, stacklevel=4)
 
 
 def _round_up(n: int, multiple: int) -> int:
