@@ -98,6 +98,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block1-convs", type=int, choices=[1, 2], default=None,
                    help="conv layers of the first backbone block: 2 (the paper) or 1 (a deviation for speed; "
                    "rpn only; default: the preset's)")
+    _add_label_map_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
@@ -131,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset.replace(anchor_layout=args.anchor_layout)
     if args.block1_convs is not None:
         preset = preset.replace(block1_convs=args.block1_convs)
-    res = train(args.data, args.out, preset=preset, steps=args.steps, seed=args.seed, resume=args.resume,
+    res = train(_dataset(args.data, "train", args.label_map), args.out, preset=preset, steps=args.steps, seed=args.seed, resume=args.resume,
                 iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
                 precision=args.precision, progress=args.progress, method=args.method,
                 channels_last=args.channels_last, overwrite=args.overwrite)
@@ -153,6 +154,52 @@ def _axis_list(text: str) -> tuple[int, ...]:
     if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
         raise argparse.ArgumentTypeError(f"expected distinct axes among 0, 1, 2, got {text!r}")
     return axes
+
+
+def _label_map_arg(text: str) -> dict[str, str]:
+    """``--label-map``: ``LE=left_eye,RE=right_eye,...`` or a ``.json`` file holding such a mapping."""
+    import json
+
+    from rpn_lib.landmarks import LANDMARK_NAMES
+
+    if text.endswith(".json"):
+        try:
+            mapping = json.loads(Path(text).read_text())
+        except (OSError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"cannot read {text}: {e}") from None
+        if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in mapping.items()):
+            raise argparse.ArgumentTypeError(f"{text} must hold a JSON object of label -> landmark name")
+    else:
+        mapping = {}
+        for pair in filter(None, (p.strip() for p in text.split(","))):
+            label, sep, name = pair.partition("=")
+            if not sep or not label.strip() or not name.strip():
+                raise argparse.ArgumentTypeError(f"expected LABEL=name pairs separated by commas, got {pair!r}")
+            mapping[label.strip()] = name.strip()
+    unknown = sorted({v for v in mapping.values() if v not in LANDMARK_NAMES})
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown landmark name(s) {unknown}: use {', '.join(LANDMARK_NAMES)}")
+    if not mapping:
+        raise argparse.ArgumentTypeError("empty label map")
+    return mapping
+
+
+def _add_label_map_arg(p: argparse.ArgumentParser) -> None:
+    """``--label-map``: how the landmark files' labels name the five landmarks."""
+    p.add_argument("--label-map", type=_label_map_arg, default=None, metavar="MAP",
+                   help="your landmark files' labels as the five landmarks, e.g. LE=left_eye,RE=right_eye "
+                   "(labels not named are kept as they are), or a .json file with that mapping")
+
+
+def _dataset(path: Path, split: str | None, label_map: dict[str, str] | None) -> Path | object:
+    """The dataset folder as the library takes it: the path itself, or a ``LandmarkDataset``
+    reading it with ``label_map``."""
+    if label_map is None:
+        return path
+    from rpn_lib.data.dataset import LandmarkDataset
+
+    return LandmarkDataset(path, split=split, label_map=label_map)
 
 
 def _add_device_arg(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -304,6 +351,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", default="test", help="split of splits.json ('all' for every case)")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON file")
+    _add_label_map_arg(p)
     p.add_argument("--no-prior", dest="use_prior", action="store_false")
     _add_device_arg(p)
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -320,7 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     det = _detector(args)
     split = None if args.split == "all" else args.split
-    ev = evaluate(det, args.data, split=split, use_prior=args.use_prior, progress=args.progress)
+    ev = evaluate(det, _dataset(args.data, split, args.label_map), split=split, use_prior=args.use_prior, progress=args.progress)
     atomic_write_json(args.out, {**ev.metrics, "model": str(args.model), "data": str(args.data),
                                  "split": args.split, "per_case": per_case_table(ev)})
     m = ev.metrics
@@ -349,6 +397,7 @@ def _register_calibrate_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="model.pt of a training run")
     p.add_argument("--data", type=Path, required=True, help="the dataset the model was trained on")
     p.add_argument("--split", default="train", help="split of splits.json to measure on ('all' for every case)")
+    _add_label_map_arg(p)
     p.add_argument("--out", type=Path, required=True, help="model file to write (may be --model itself)")
     p.add_argument("--rule", choices=PRIOR_RULES, default="penalty-score", help="prior rule to record")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo refit")
@@ -362,7 +411,7 @@ def cmd_calibrate_prior(args: argparse.Namespace) -> int:
     from rpn_lib.calibrate import calibrate_prior
 
     split = None if args.split == "all" else args.split
-    res = calibrate_prior(args.model, args.data, args.out, split=split, rule=args.rule, device=args.device,
+    res = calibrate_prior(args.model, _dataset(args.data, split, args.label_map), args.out, split=split, rule=args.rule, device=args.device,
                           progress=args.progress, seed=args.seed)
     print(f"{res.n_cases} cases: localisation error median {res.median_error_mm:.2f} mm (mean "
           f"{res.mean_error_mm:.2f}) -> noise {res.localisation_sd_mm:.2f} mm per axis; prior refitted, "
@@ -402,6 +451,7 @@ def _register_view(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path, help="NIfTI volume (.nii, .nii.gz)")
     p.add_argument("--model", type=Path, default=None, help="model.pt of a training run: detect and show the candidates")
     p.add_argument("--landmarks", type=Path, default=None, help="landmark file (.mrk.json or .csv, world mm) to draw")
+    _add_label_map_arg(p)
     p.add_argument("--no-prior", dest="use_prior", action="store_false",
                    help="with --model: mark the top candidate of each class instead of the graph prior's choice")
     p.add_argument("--screenshot", type=Path, default=None, help="write this PNG and exit (no window loop)")
@@ -446,7 +496,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     vol = load_volume(args.image)
     landmarks_world = None
     if args.landmarks is not None:
-        landmarks_world = load_landmarks(args.landmarks)
+        landmarks_world = load_landmarks(args.landmarks, label_map=args.label_map)
         check_landmarks_inside(landmarks_world, vol.shape, vol.affine, args.landmarks)
     layers: dict = {}
     if args.model is not None:

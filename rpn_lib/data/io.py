@@ -219,7 +219,8 @@ def _collect(
     missing = [n for n in names if n not in found]
     if missing:
         seen = sorted({lab for lab, _ in labelled})
-        hint = "; map your labels with label_map (e.g. {'LE': 'left_eye'})" if label_map is None else ""
+        hint = ("; map your labels with label_map (e.g. {'LE': 'left_eye'}; on the command line "
+                "--label-map LE=left_eye,...)" if label_map is None else "")
         raise DataError(f"missing landmark(s) {missing}; labels in the file: {seen}{hint}", p)
     return np.stack([found[n] for n in names]).astype(np.float64)
 

@@ -1,0 +1,72 @@
+"""``--label-map``: the command line reads landmark files whose labels are not the library's
+names, as ``label_map=`` does in Python."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rpn_lib.cli import _label_map_arg, main
+from rpn_lib.data.dataset import LandmarkDataset, write_synthetic_dataset
+from rpn_lib.data.io import save_landmarks
+from rpn_lib.landmarks import LANDMARK_NAMES
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ig-rpn-cpu-small" / "model.pt"
+THEIR_NAMES = ["LE", "G", "RE", "PRN", "PG"]  # in LANDMARK_NAMES order
+MAP_TEXT = ",".join(f"{a}={b}" for a, b in zip(THEIR_NAMES, LANDMARK_NAMES))
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same two synthetic cases with the library's labels and with a tool's own labels."""
+    ours = tmp_path_factory.mktemp("ours")
+    write_synthetic_dataset(ours, n=2, n_test=1, seed=3, preset="cpu-small", progress=False)
+    theirs = tmp_path_factory.mktemp("theirs")
+    shutil.copytree(ours / "images", theirs / "images")
+    shutil.copy(ours / "splits.json", theirs / "splits.json")
+    for case in LandmarkDataset(ours):
+        save_landmarks(theirs / "landmarks" / f"{case.case_id}.csv", case.landmarks_world, names=THEIR_NAMES)
+    return ours, theirs
+
+
+def test_parsing() -> None:
+    assert _label_map_arg(MAP_TEXT) == dict(zip(THEIR_NAMES, LANDMARK_NAMES))
+    assert _label_map_arg(" LE = left_eye , ") == {"LE": "left_eye"}
+    for bad, why in [("LE", "LABEL=name pairs"), ("LE=left_eyes", "unknown landmark name"), (",", "empty label map"),
+                     ("missing.json", "cannot read missing.json")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            _label_map_arg(bad)
+
+
+def test_json_file(tmp_path: Path) -> None:
+    f = tmp_path / "map.json"
+    f.write_text(json.dumps(dict(zip(THEIR_NAMES, LANDMARK_NAMES))))
+    assert _label_map_arg(str(f)) == dict(zip(THEIR_NAMES, LANDMARK_NAMES))
+    f.write_text(json.dumps(["LE", "left_eye"]))
+    with pytest.raises(argparse.ArgumentTypeError, match="JSON object"):
+        _label_map_arg(str(f))
+
+
+def test_evaluate_with_a_label_map_scores_like_the_library_names(datasets: tuple[Path, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    ours, theirs = datasets
+    common = ["--model", str(SHIPPED), "--split", "all", "--device", "cpu", "--no-progress"]
+    assert main(["evaluate", "--data", str(ours), "--out", str(tmp_path / "ours.json"), *common]) == 0
+    assert main(["evaluate", "--data", str(theirs), "--out", str(tmp_path / "theirs.json"), *common]) == 2
+    assert "--label-map LE=left_eye" in capsys.readouterr().err  # the hint names the option
+    assert main(["evaluate", "--data", str(theirs), "--out", str(tmp_path / "theirs.json"), "--label-map", MAP_TEXT,
+                 *common]) == 0
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ours", "theirs"))
+    assert a["n_cases"] == b["n_cases"] == 2
+    assert b["d_mean_mm"] == pytest.approx(a["d_mean_mm"], abs=1e-9)
+
+
+def test_train_with_a_label_map(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    _, theirs = datasets
+    assert main(["train", "--data", str(theirs), "--out", str(tmp_path / "run"), "--steps", "1", "--device", "cpu",
+                 "--no-progress", "--label-map", MAP_TEXT]) == 0
+    assert (tmp_path / "run" / "model.pt").is_file()
