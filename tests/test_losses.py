@@ -185,7 +185,7 @@ def test_partial_loss_equals_ce_for_one_hot_and_logsumexp_otherwise() -> None:
     np.testing.assert_allclose(float(loss[2].detach()), float(-torch.log(p[0] + p[2]).detach()), rtol=1e-6)
     # the mean counts the band row too
     mean = classification_loss(logits, labels, None, iou_balance=False, allowed=allowed)
-    np.testing.assert_allclose(float(mean), float(loss.sum() / 3), rtol=1e-6)
+    np.testing.assert_allclose(float(mean.detach()), float(loss.detach().sum() / 3), rtol=1e-6)
     mean.backward()
     assert torch.isfinite(logits.grad).all()
 
