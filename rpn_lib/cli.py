@@ -80,7 +80,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def _register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train an IG-RPN (or a baseline) on a dataset folder",
-        description="Train on the 'train' split of DIR and write RUN/model.pt, RUN/checkpoint.pt, "
+        description="Train on a split of DIR (--split) and write RUN/model.pt, RUN/checkpoint.pt, "
         "RUN/log.csv and RUN/train.json. --method picks the IG-RPN (rpn) or a baseline of Table 1.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -98,6 +98,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block1-convs", type=int, choices=[1, 2], default=None,
                    help="conv layers of the first backbone block: 2 (the paper) or 1 (a deviation for speed; "
                    "rpn only; default: the preset's)")
+    p.add_argument("--split", default="train", help="split of splits.json to train on ('all' for every case)")
     _add_label_map_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
@@ -122,6 +123,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``rpn-lib train``: :func:`rpn_lib.train.train`."""
+    from rpn_lib.data.dataset import LandmarkDataset
     from rpn_lib.presets import get_preset
     from rpn_lib.train import train
 
@@ -132,7 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset.replace(anchor_layout=args.anchor_layout)
     if args.block1_convs is not None:
         preset = preset.replace(block1_convs=args.block1_convs)
-    res = train(_dataset(args.data, "train", args.label_map), args.out, preset=preset, steps=args.steps, seed=args.seed, resume=args.resume,
+    data = LandmarkDataset(args.data, split=None if args.split == "all" else args.split, label_map=args.label_map)
+    res = train(data, args.out, preset=preset, steps=args.steps, seed=args.seed, resume=args.resume,
                 iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
                 precision=args.precision, progress=args.progress, method=args.method,
                 channels_last=args.channels_last, overwrite=args.overwrite)

@@ -201,8 +201,9 @@ def train(
     method_options: dict[str, Any] | None = None,
     channels_last: bool = False,
     overwrite: bool = False,
+    split: str | None = "train",
 ) -> TrainResult:
-    """Train an IG-RPN (or a baseline) on the ``train`` split of a dataset folder and write a run folder.
+    """Train an IG-RPN (or a baseline) on a split of a dataset folder (``train``) and write a run folder.
 
     Args:
         data: dataset folder (``images/``, ``landmarks/``, optional ``splits.json``) or a
@@ -234,6 +235,8 @@ def train(
             setting: the same training up to rounding; ``rpn-lib bench`` measures it).
         overwrite: start again over a run already in ``out`` (its run files are deleted);
             without it (or ``resume``) such a folder is refused (:func:`check_run_folder`).
+        split: the split of ``splits.json`` to train on when ``data`` is a folder; None: every
+            case (a folder without ``splits.json``).
     """
     preset = get_preset(preset)
     steps = int(steps if steps is not None else preset.steps)
@@ -252,7 +255,7 @@ def train(
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     warn_if_emulated(precision, dev)
-    dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")
+    dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split=split)
     ts = load_training_set(dataset, preset, progress=progress)
     if max_cases is not None:
         ts = TrainingSet(ts.volumes[:max_cases], ts.landmarks_vox[:max_cases], ts.landmarks_world[:max_cases], ts.case_ids[:max_cases])

@@ -380,6 +380,7 @@ def train_retinanet(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     config: RetinaNetConfig | None = None,
     overwrite: bool = False,
+    split: str | None = "train",
 ) -> TrainResult:
     """Train the MONAI RetinaNet peer on the ``train`` split and write a run folder.
 
@@ -393,7 +394,7 @@ def train_retinanet(
     torch's global random state, which MONAI's sampler draws from, so a resumed run repeats an
     uninterrupted one), ``model.pt`` (for :func:`load_retinanet`), ``log.csv`` and
     ``train.json``, as :func:`rpn_lib.train.train` writes them. Arguments as there (``overwrite``
-    too); ``config``
+    and ``split`` too); ``config``
     overrides the peer's settings (:class:`RetinaNetConfig`).
 
     ``precision="bf16"`` needs a coarsest feature map of at least 4^3 cells (inputs of 64^3 and
@@ -417,7 +418,7 @@ def train_retinanet(
     warn_if_emulated(precision, dev)
     out = Path(out)
     check_run_folder(out, resume, overwrite)
-    dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split="train")
+    dataset = data if isinstance(data, LandmarkDataset) else LandmarkDataset(data, split=split)
     ts = load_training_set(dataset, preset, progress=progress)
     if max_cases is not None:
         ts = TrainingSet(ts.volumes[:max_cases], ts.landmarks_vox[:max_cases], ts.landmarks_world[:max_cases],

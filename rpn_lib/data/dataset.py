@@ -141,7 +141,9 @@ class LandmarkDataset:
         ids = sorted(images)
         if split is not None:
             if self.splits is None:
-                raise DataError(f"split {split!r} asked for, but the dataset has no {SPLITS_FILE}", self.root)
+                raise DataError(f"split {split!r} asked for, but the dataset has no {SPLITS_FILE}: use every case "
+                                "(split=None; on the command line --split all) or write a "
+                                f'{SPLITS_FILE} such as {{"train": [case ids], "test": [case ids]}}', self.root)
             if split not in self.splits:
                 raise DataError(f"unknown split {split!r}; {SPLITS_FILE} has {sorted(self.splits)}", self.root / SPLITS_FILE)
             wanted = self.splits[split]

@@ -1,5 +1,6 @@
-"""``--label-map``: the command line reads landmark files whose labels are not the library's
-names, as ``label_map=`` does in Python."""
+"""The command line on a dataset of one's own: ``--label-map`` reads landmark files whose labels
+are not the library's names (as ``label_map=`` does in Python), and ``--split all`` uses a
+folder without ``splits.json``."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+from rpn_lib.checkpoint import load_model
 from rpn_lib.cli import _label_map_arg, main
 from rpn_lib.data.dataset import LandmarkDataset, write_synthetic_dataset
 from rpn_lib.data.io import save_landmarks
 from rpn_lib.landmarks import LANDMARK_NAMES
+from rpn_lib.train import train
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ig-rpn-cpu-small" / "model.pt"
 THEIR_NAMES = ["LE", "G", "RE", "PRN", "PG"]  # in LANDMARK_NAMES order
@@ -70,3 +74,19 @@ def test_train_with_a_label_map(datasets: tuple[Path, Path], tmp_path: Path) -> 
     assert main(["train", "--data", str(theirs), "--out", str(tmp_path / "run"), "--steps", "1", "--device", "cpu",
                  "--no-progress", "--label-map", MAP_TEXT]) == 0
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_a_folder_without_splits_json(datasets: tuple[Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    ours, _ = datasets
+    plain = tmp_path / "plain"
+    shutil.copytree(ours / "images", plain / "images")
+    shutil.copytree(ours / "landmarks", plain / "landmarks")
+    common = ["--steps", "1", "--device", "cpu", "--no-progress"]
+    assert main(["train", "--data", str(plain), "--out", str(tmp_path / "a"), *common]) == 2
+    assert "no splits.json: use every case (split=None; on the command line --split all)" in capsys.readouterr().err
+    assert main(["train", "--data", str(plain), "--out", str(tmp_path / "a"), "--split", "all", *common]) == 0
+    # the Python API: split=None trains on every case too, the same run as the command line's
+    train(plain, tmp_path / "b", "cpu-small", steps=1, split=None, progress=False, device="cpu")
+    a, b = (load_model(tmp_path / r / "model.pt").model.state_dict() for r in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
