@@ -261,7 +261,8 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", type=Path, required=True, help="model.pt of a training run")
-    p.add_argument("images", type=Path, nargs="+", help="NIfTI volumes (.nii, .nii.gz)")
+    p.add_argument("images", type=Path, nargs="+",
+                   help="NIfTI volumes (.nii, .nii.gz), or folders: every NIfTI file directly inside")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
     _add_device_arg(p)
@@ -272,11 +273,27 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
 
 
 def _case_id(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    """The case name of an image (its file name without the NIfTI suffix)."""
+    from rpn_lib.data.io import volume_case_id
+
+    return volume_case_id(path) or path.stem
+
+
+def _expand_images(paths: Sequence[Path]) -> list[Path]:
+    """The images named: files as given, folders as the NIfTI files directly inside them (sorted)."""
+    from rpn_lib.data.io import VOLUME_SUFFIXES, volume_case_id
+
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and volume_case_id(p) and not p.name.startswith("."))
+            if not found:
+                raise DataError(f"folder has no NIfTI file ({', '.join(VOLUME_SUFFIXES)})", path)
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
 
 
 def _check_case_names(images: Sequence[Path]) -> None:
@@ -305,6 +322,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from rpn_lib.data.io import load_volume, save_landmarks
     from rpn_lib.fileio import atomic_write_json
 
+    args.images = _expand_images(args.images)
     _check_case_names(args.images)
     det = _detector(args)
     failed: list[Path] = []

@@ -102,3 +102,18 @@ def test_command_line_warnings_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setattr(cli, "cmd_synth", warns)
     assert main(["synth", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().err == "warning: first line second line\n"
+
+
+def test_a_folder_stands_for_the_nifti_files_in_it(images: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "face.nii.gz").write_bytes(images["face"].read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".face2.nii.gz.tmp").write_text("an interrupted copy")
+    out = tmp_path / "out"
+    assert main(["detect", "--model", str(SHIPPED), str(folder), "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["face.json", "face.mrk.json"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["detect", "--model", str(SHIPPED), str(empty), "--out", str(out), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{empty}: folder has no NIfTI file (.nii.gz, .nii)")

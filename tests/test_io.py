@@ -29,6 +29,7 @@ from rpn_lib.data.io import (
     load_volume,
     save_landmarks,
     save_volume,
+    volume_case_id,
 )
 from rpn_lib.errors import DataError
 from rpn_lib.landmarks import LANDMARK_NAMES
@@ -339,3 +340,9 @@ def test_check_landmarks_inside(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"outside.*nose_tip") as e:
         check_landmarks_inside(voxel_to_world(vox, ROT_ANISO), shape, ROT_ANISO, tmp_path / "c.mrk.json")
     assert "c.mrk.json" in str(e.value) and "right_eye" not in str(e.value)
+
+
+@pytest.mark.parametrize("name,case", [("case_007.nii.gz", "case_007"), ("A.B.NII.GZ", "A.B"), ("x.nii", "x"),
+                                       ("x.nii.gz.tmp", None), ("x.mrk.json", None), ("nii.gz", None)])
+def test_volume_case_id(name: str, case: str | None) -> None:
+    assert volume_case_id(Path("images") / name) == case

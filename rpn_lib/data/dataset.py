@@ -33,13 +33,13 @@ from rpn_lib.data.io import (
     load_volume,
     save_landmarks,
     save_volume,
+    volume_case_id,
 )
 from rpn_lib.errors import DataError
 from rpn_lib.fileio import atomic_write, atomic_write_json
 from rpn_lib.landmarks import LANDMARK_NAMES
 from rpn_lib.presets import Preset, get_preset
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 LANDMARK_FILE_SUFFIXES: tuple[str, ...] = (".mrk.json", ".csv")
 SPLITS_FILE = "splits.json"
 CARD_FILE = "README.md"
@@ -70,14 +70,6 @@ class Case:
     def landmarks_vox(self) -> np.ndarray:
         """``(5, 3)`` landmark voxel coordinates in this case's volume."""
         return world_to_voxel(self.landmarks_world, self.affine)
-
-
-def _case_id(path: Path) -> str | None:
-    name = path.name
-    for s in IMAGE_SUFFIXES:
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return None
 
 
 class LandmarkDataset:
@@ -113,7 +105,7 @@ class LandmarkDataset:
             raise DataError("dataset folder has no images/ folder (expected images/<case>.nii.gz)", self.root)
         images: dict[str, Path] = {}
         for f in sorted(images_dir.iterdir()):
-            cid = _case_id(f)
+            cid = volume_case_id(f)
             if cid is None or cid.startswith(".") or not f.is_file():
                 continue  # hidden files include interrupted atomic writes
             if cid in images:

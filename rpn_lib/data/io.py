@@ -61,6 +61,14 @@ def _has_suffix(path: Path, suffixes: Sequence[str]) -> str | None:
     return next((s for s in suffixes if name.endswith(s)), None)
 
 
+def volume_case_id(path: str | Path) -> str | None:
+    """A NIfTI file's case id: its name without ``.nii.gz`` / ``.nii`` (any case); None for
+    another kind of file. ``images/case_007.nii.gz`` -> ``"case_007"``."""
+    p = Path(path)
+    suffix = _has_suffix(p, VOLUME_SUFFIXES)
+    return None if suffix is None else p.name[: -len(suffix)]
+
+
 # --------------------------------------------------------------------------------------------
 # Volumes
 # --------------------------------------------------------------------------------------------
