@@ -123,7 +123,6 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``rpn-lib train``: :func:`rpn_lib.train.train`."""
-    from rpn_lib.data.dataset import LandmarkDataset
     from rpn_lib.presets import get_preset
     from rpn_lib.train import train
 
@@ -134,9 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset.replace(anchor_layout=args.anchor_layout)
     if args.block1_convs is not None:
         preset = preset.replace(block1_convs=args.block1_convs)
-    data = LandmarkDataset(args.data, split=None if args.split == "all" else args.split, label_map=args.label_map)
-    res = train(data, args.out, preset=preset, steps=args.steps, seed=args.seed, resume=args.resume,
-                iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
+    split = None if args.split == "all" else args.split
+    res = train(_dataset(args.data, split, args.label_map), args.out, preset=preset, split=split, steps=args.steps,
+                seed=args.seed, resume=args.resume, iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
                 precision=args.precision, progress=args.progress, method=args.method,
                 channels_last=args.channels_last, overwrite=args.overwrite)
     print(f"trained {res.steps} steps in {res.seconds:.0f} s (final loss {res.final_loss:.4f}): {res.run_dir / 'model.pt'}")

@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from rpn_lib.augment import augment
 from rpn_lib.checkpoint import load_checkpoint, save_checkpoint, save_model
 from rpn_lib.data.dataset import LandmarkDataset
-from rpn_lib.data.geometry import world_to_voxel
+from rpn_lib.data.geometry import spacing_from_affine
+from rpn_lib.data.io import check_landmarks_inside
 from rpn_lib.data.preprocess import prepare_volume
 from rpn_lib.device import resolve_device
 from rpn_lib.errors import DataError
@@ -75,11 +76,19 @@ def load_training_set(dataset: LandmarkDataset, preset: Preset, progress: bool =
     if len(dataset) == 0:
         raise DataError("the training split has no cases", getattr(dataset, "root", None))
     vols, lms_vox, lms_world, ids = [], [], [], []
+    fov_mm = [round(n * preset.spacing_mm, 1) for n in preset.shape_vox]
     for i in tqdm(range(len(dataset)), desc="loading", disable=not progress, leave=False):
         case = dataset[i]
         inp = prepare_volume(case.volume, case.affine, preset.spacing_mm, preset.shape_vox)
+        try:  # the fixed training grid is centred on the volume: a larger volume loses its borders
+            lm_vox = check_landmarks_inside(case.landmarks_world, inp.array.shape, inp.affine, case.image_path)
+        except DataError as e:
+            extent_mm = (np.asarray(case.volume.shape) * spacing_from_affine(case.affine)).round(1).tolist()
+            raise DataError(f"the training grid of preset {preset.name!r} ({fov_mm} mm, centred on the volume of "
+                            f"{extent_mm} mm) does not hold every landmark ({e.problem}); crop the volume around the "
+                            "face first", case.image_path) from None
         vols.append(torch.from_numpy(inp.array))
-        lms_vox.append(torch.from_numpy(world_to_voxel(case.landmarks_world, inp.affine)).float())
+        lms_vox.append(torch.from_numpy(lm_vox).float())
         lms_world.append(case.landmarks_world)
         ids.append(case.case_id)
     return TrainingSet(torch.stack(vols), torch.stack(lms_vox), np.stack(lms_world), ids)

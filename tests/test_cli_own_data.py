@@ -9,13 +9,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from rpn_lib.checkpoint import load_model
 from rpn_lib.cli import _label_map_arg, main
 from rpn_lib.data.dataset import LandmarkDataset, write_synthetic_dataset
-from rpn_lib.data.io import save_landmarks
+from rpn_lib.data.io import save_landmarks, save_volume
 from rpn_lib.landmarks import LANDMARK_NAMES
 from rpn_lib.train import train
 
@@ -90,3 +91,20 @@ def test_a_folder_without_splits_json(datasets: tuple[Path, Path], tmp_path: Pat
     train(plain, tmp_path / "b", "cpu-small", steps=1, split=None, progress=False, device="cpu")
     a, b = (load_model(tmp_path / r / "model.pt").model.state_dict() for r in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_volume_larger_than_the_training_grid(datasets: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """Training crops every volume to the preset's grid, centred: landmarks that the crop would
+    cut off are refused (naming the case) instead of training on boxes outside the input."""
+    ours, _ = datasets
+    big = tmp_path / "big"
+    shutil.copytree(ours, big)
+    case = LandmarkDataset(ours)[0]
+    padded = np.pad(case.volume, ((0, 100), (0, 0), (0, 0)))  # the face ends up far from the centre
+    save_volume(big / "images" / f"{case.case_id}.nii.gz", padded, case.affine)
+    assert main(["train", "--data", str(big), "--out", str(tmp_path / "run"), "--split", "all", "--steps", "1",
+                 "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{case.case_id}.nii.gz: the training grid of preset 'cpu-small' ([166.4, 166.4, 166.4] mm" in err
+    assert "crop the volume around the face first" in err
