@@ -19,12 +19,15 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rpn_lib import __version__
 from rpn_lib.allocator import configure_from_env
 from rpn_lib.errors import DataError, RpnLibError
 from rpn_lib.presets import ANCHOR_LAYOUTS, EYE_SIDES, PRESETS
+
+if TYPE_CHECKING:  # the command line imports the library lazily, so that --help is quick
+    from rpn_lib.data.dataset import LandmarkDataset
 
 PROG = "rpn-lib"
 EXIT_USER_ERROR = 2
@@ -135,9 +138,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset.replace(block1_convs=args.block1_convs)
     split = None if args.split == "all" else args.split
     res = train(_dataset(args.data, split, args.label_map), args.out, preset=preset, split=split, steps=args.steps,
-                seed=args.seed, resume=args.resume, iou_balance=args.iou_balance, checkpoint_every=args.checkpoint_every, device=args.device,
-                precision=args.precision, progress=args.progress, method=args.method,
-                channels_last=args.channels_last, overwrite=args.overwrite)
+                seed=args.seed, resume=args.resume, overwrite=args.overwrite, iou_balance=args.iou_balance,
+                checkpoint_every=args.checkpoint_every, device=args.device, precision=args.precision,
+                progress=args.progress, method=args.method, channels_last=args.channels_last)
     print(f"trained {res.steps} steps in {res.seconds:.0f} s (final loss {res.final_loss:.4f}): {res.run_dir / 'model.pt'}")
     return 0
 
@@ -194,7 +197,7 @@ def _add_label_map_arg(p: argparse.ArgumentParser) -> None:
                    "(labels not named are kept as they are), or a .json file with that mapping")
 
 
-def _dataset(path: Path, split: str | None, label_map: dict[str, str] | None) -> Path | object:
+def _dataset(path: Path, split: str | None, label_map: dict[str, str] | None) -> Path | LandmarkDataset:
     """The dataset folder as the library takes it: the path itself, or a ``LandmarkDataset``
     reading it with ``label_map``."""
     if label_map is None:
@@ -205,9 +208,10 @@ def _dataset(path: Path, split: str | None, label_map: dict[str, str] | None) ->
 
 
 def _add_device_arg(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """``--device``, checked when the command starts (:func:`rpn_lib.train.resolve_device`)."""
+    """``--device``, checked when the command starts (:func:`rpn_lib.device.resolve_device`)."""
     p.add_argument("--device", default="auto", metavar="DEVICE",
-                   help=prefix + "auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps (default: %(default)s)")
+                   help=prefix + "auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps "
+                   "(default: %(default)s)")
 
 
 def _add_orientation_args(p: argparse.ArgumentParser) -> None:
