@@ -343,7 +343,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             failed.append(path)
             continue
         for w in caught:
-            print(f"warning: {case}: {' '.join(str(w.message).split())}", file=sys.stderr)
+            print(f"warning: {case}: {_fold(w.message)}", file=sys.stderr)
         save_landmarks(args.out / f"{case}.mrk.json", res.landmarks_world,
                        extra={"model": str(args.model), "scores": res.scores.round(5).tolist()})
         atomic_write_json(args.out / f"{case}.json", {"image": str(path), **res.to_dict()})
@@ -392,7 +392,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     det = _detector(args)
     split = None if args.split == "all" else args.split
-    ev = evaluate(det, _dataset(args.data, split, args.label_map), split=split, use_prior=args.use_prior, progress=args.progress)
+    ev = evaluate(det, _dataset(args.data, split, args.label_map), split=split, use_prior=args.use_prior,
+                  progress=args.progress)
     atomic_write_json(args.out, {**ev.metrics, "model": str(args.model), "data": str(args.data),
                                  "split": args.split, "per_case": per_case_table(ev)})
     m = ev.metrics
@@ -435,8 +436,8 @@ def cmd_calibrate_prior(args: argparse.Namespace) -> int:
     from rpn_lib.calibrate import calibrate_prior
 
     split = None if args.split == "all" else args.split
-    res = calibrate_prior(args.model, _dataset(args.data, split, args.label_map), args.out, split=split, rule=args.rule, device=args.device,
-                          progress=args.progress, seed=args.seed)
+    res = calibrate_prior(args.model, _dataset(args.data, split, args.label_map), args.out, split=split, rule=args.rule,
+                          device=args.device, progress=args.progress, seed=args.seed)
     print(f"{res.n_cases} cases: localisation error median {res.median_error_mm:.2f} mm (mean "
           f"{res.mean_error_mm:.2f}) -> noise {res.localisation_sd_mm:.2f} mm per axis; prior refitted, "
           f"rule {res.rule!r} -> {res.out}")
@@ -741,17 +742,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fold(message: object) -> str:
+    """``message`` as text on one line (runs of whitespace and newlines folded to one space)."""
+    return " ".join(str(message).split())
+
+
 def _one_line(exc: BaseException) -> str:
-    """The exception's message on one line (newlines folded), or its class name."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """The exception's message on one line, or its class name."""
+    return _fold(exc) or type(exc).__name__
 
 
 def _print_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                    file: TextIO | None = None, line: str | None = None) -> None:
     """``warnings.showwarning`` for the command line: ``warning: <message>`` on one line of
     stderr, without the source file and line that Python's default shows."""
-    text = " ".join(str(message).split())
-    print(f"warning: {text}", file=file if file is not None else sys.stderr)
+    print(f"warning: {_fold(message)}", file=file if file is not None else sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

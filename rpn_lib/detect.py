@@ -231,12 +231,12 @@ class Detector:
             affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
         affine = check_affine(affine)
         if self.axis_order != (0, 1, 2) or self.flip_axes:
-            volume, affine = reorient_axes(volume, np.asarray(affine, dtype=np.float64), self.axis_order, self.flip_axes)
-        extent_mm = np.asarray(volume.shape) * np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+            volume, affine = reorient_axes(volume, affine, self.axis_order, self.flip_axes)
+        extent_mm = np.asarray(volume.shape) * np.linalg.norm(affine[:3, :3], axis=0)
         if extent_mm.min() < 16 * self.preset.spacing_mm:
             raise DataError(f"volume of shape {volume.shape} ({extent_mm.round(1).tolist()} mm) is too small "
                             f"for this model (at least {16 * self.preset.spacing_mm:.1f} mm per side)")
-        return prepare_volume(volume, np.asarray(affine, dtype=np.float64), self.preset.spacing_mm)
+        return prepare_volume(volume, affine, self.preset.spacing_mm)
 
     @torch.inference_mode()
     def detect(self, volume: np.ndarray, affine: np.ndarray | None = None, spacing_mm: float | None = None,

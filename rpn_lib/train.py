@@ -164,6 +164,8 @@ class RunningLog:
 
 RUN_FILES = ("model.pt", "checkpoint.pt", "log.csv", "train.json")
 """The files a training run writes into its folder."""
+RUN_MARKERS = ("model.pt", "checkpoint.pt")
+"""The run files whose presence means that a folder holds a run (the others are only logs)."""
 
 
 def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
@@ -177,7 +179,7 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or start again over it")
-    held = [name for name in RUN_FILES[:2] if (out / name).exists()]
+    held = [name for name in RUN_MARKERS if (out / name).exists()]
     if held and not (resume or overwrite):
         raise DataError(f"already holds a training run ({', '.join(held)}): continue it with resume=True "
                         "(--resume), start again over it with overwrite=True (--overwrite), or choose another "

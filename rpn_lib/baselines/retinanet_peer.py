@@ -87,12 +87,12 @@ from rpn_lib.boxes import corners_to_cs, cs_to_corners, nms
 from rpn_lib.checkpoint import _load, _save  # the library's safe (weights-only, atomic) .pt I/O
 from rpn_lib.data.dataset import LandmarkDataset
 from rpn_lib.detect import Detector
+from rpn_lib.device import resolve_device
 from rpn_lib.errors import DataError, ModelError, RpnLibError
 from rpn_lib.fileio import atomic_write, atomic_write_json
 from rpn_lib.inference import prepare_for_inference
 from rpn_lib.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
 from rpn_lib.precision import resolve_precision, warn_if_emulated
-from rpn_lib.device import resolve_device
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.methods import CandidateSettings, ClassCandidates
 from rpn_lib.prior import GraphPrior, check_prior_rule

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -59,7 +58,7 @@ NEGATIVE_WARN_FRACTION = 0.01
 """:func:`check_intensities` warns when more than this fraction of the voxels is negative."""
 
 
-def check_intensities(volume: np.ndarray, path: str | Path | None = None) -> None:
+def check_intensities(volume: np.ndarray) -> None:
     """Check that ``volume`` fits :func:`normalize_intensity`'s convention: B-mode intensities
     are >= 0, and voxels <= 0 count as outside the probe's field of view.
 
@@ -72,12 +71,10 @@ def check_intensities(volume: np.ndarray, path: str | Path | None = None) -> Non
     v = np.asarray(volume)
     if not (v > 0).any():
         raise DataError(f"no voxel is above 0 (maximum {float(v.max()):.4g}): voxels <= 0 count as outside the "
-                        "probe's field of view, so nothing is left to detect in; B-mode intensities start at 0",
-                        path)
+                        "probe's field of view, so nothing is left to detect in; B-mode intensities start at 0")
     negative = float((v < 0).mean())
     if negative > NEGATIVE_WARN_FRACTION:
-        where = f"{path}: " if path is not None else ""
-        warnings.warn(f"{where}{negative:.0%} of the voxels are negative (minimum {float(v.min()):.4g}); voxels <= 0 "
+        warnings.warn(f"{negative:.0%} of the voxels are negative (minimum {float(v.min()):.4g}); voxels <= 0 "
                       "count as outside the probe's field of view. B-mode intensities start at 0: shift or rescale "
                       "signed or z-scored data to start at 0 first.", IntensityWarning, stacklevel=4)
 
