@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from rpn_lib import allocator
-from rpn_lib.augment import augment
+from rpn_lib.augment import augmented_batch
 from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import world_to_voxel
 from rpn_lib.data.preprocess import prepare_volume
@@ -559,15 +559,16 @@ def bench_train_step(preset: str | Preset, device: str | torch.device = "auto", 
                      hard_mining: bool = True, method: str = "rpn", channels_last: bool = False) -> dict[str, Any]:
     """Time of one training step as :func:`rpn_lib.train.train` runs it, split into its parts.
 
-    The step is the training loop's: augmentation (:func:`rpn_lib.augment.augment`), the
-    method's :meth:`~rpn_lib.methods.Method.training_losses` (forward pass under autocast and
+    The step is the training loop's: augmentation on the device
+    (:func:`rpn_lib.augment.augmented_batch`), the method's
+    :meth:`~rpn_lib.methods.Method.training_losses` (forward pass under autocast and
     the loss: for the IG-RPN anchor labelling, sampling and Eq. 2-3), backward, gradient
     clipping and AdamW. The batch is ``batch_size`` (default: the preset's) augmented copies of
     one synthetic volume on the preset's grid; hard-negative mining is on (as in the last 60 %
     of a run). ``channels_last``: weights and batch in ``torch.channels_last_3d``
     (``train(channels_last=True)``).
 
-    Returns per-part medians in ms: ``data`` (augmentation and copy to the device),
+    Returns per-part medians in ms: ``data`` (copy to the device and augmentation),
     ``forward`` (the network's own calls, clocked by forward hooks), ``loss`` (the rest of
     ``training_losses``), ``backward``, ``optimizer``; ``step`` (a :func:`time_call`-style dict
     of the whole step), ``samples_per_s`` and ``memory``.
@@ -606,10 +607,8 @@ def bench_train_step(preset: str | Preset, device: str | torch.device = "auto", 
             _sync(dev)
             clock.append(time.perf_counter())
 
-        vols, lms = zip(*(augment(vol, lm, generator, p.rotation_deg, p.flip, flip_axes=p.flip_axes) for _ in range(bs)))
-        x, lm_b = torch.stack(vols)[:, None].to(dev), torch.stack(lms).to(dev)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x, lm_b = augmented_batch([vol] * bs, [lm] * bs, generator, dev, p.rotation_deg, p.flip, p.flip_axes,
+                                  channels_last)
         tick()
         losses = meth.training_losses(model, x, lm_b, ctx)
         tick()

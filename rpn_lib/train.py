@@ -1,7 +1,8 @@
 """Training the IG-RPN and the baselines: one function, :func:`train`, used by the CLI and the book.
 
-Per step: draw ``batch_size`` training volumes, augment each (rotation and flip, Sec. 3),
-run the network, and minimise the method's loss with AdamW. For the IG-RPN (``method="rpn"``)
+Per step: draw ``batch_size`` training volumes, augment each on the training device
+(rotation and flip, Sec. 3; :func:`rpn_lib.augment.augmented_batch`), run the network, and
+minimise the method's loss with AdamW. For the IG-RPN (``method="rpn"``)
 the loss labels all anchors of each volume against its five landmark-centred boxes
 (positive IoU > 0.5 or best anchor of a box, negative IoU < 0.25, Sec. 3), samples a fixed
 number of anchors per volume (positives at random; negatives half the hardest, half at
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rpn_lib.augment import augment
+from rpn_lib.augment import augmented_batch
 from rpn_lib.checkpoint import load_checkpoint, save_checkpoint, save_model
 from rpn_lib.data.dataset import LandmarkDataset
 from rpn_lib.data.geometry import spacing_from_affine
@@ -320,16 +321,8 @@ def train(
         for g in optimizer.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n_cases, (preset.batch_size,), generator=generator)
-        vols, lms = [], []
-        for i in idx.tolist():
-            v, lm = augment(ts.volumes[i], ts.landmarks_vox[i], generator, preset.rotation_deg, preset.flip,
-                                flip_axes=preset.flip_axes)
-            vols.append(v)
-            lms.append(lm)
-        x = torch.stack(vols)[:, None].to(dev)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        lm_b = torch.stack(lms).to(dev)
+        x, lm_b = augmented_batch([ts.volumes[i] for i in idx.tolist()], [ts.landmarks_vox[i] for i in idx.tolist()],
+                                  generator, dev, preset.rotation_deg, preset.flip, preset.flip_axes, channels_last)
         ctx = TrainContext(preset, generator, iou_balance, hard_mining=step >= preset.hard_negative_start * steps,
                            device=dev, precision=precision)
         losses = meth.training_losses(model, x, lm_b, ctx)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from rpn_lib.augment import augment, flip, rotate, rotation_matrix
+from rpn_lib.augment import augment, augmented_batch, flip, rotate, rotation_matrix
 from rpn_lib.landmarks import LANDMARK_NAMES
 
 
@@ -76,3 +77,31 @@ def test_augment_flips_about_half_the_time() -> None:
         # without rotation, an unflipped left eye stays put
         swapped += int(not torch.equal(lm[0], pts[0]))
     assert 70 < swapped < 130
+
+
+def _batch_inputs() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    pts = torch.tensor([[10.0, 12, 20], [22, 16, 9], [16, 24, 14], [14, 14, 14], [18, 18, 18]])
+    return [_dots((32, 32, 32), pts), _dots((32, 32, 32), pts.flip(-1))], [pts, pts.flip(-1)]
+
+
+def test_augmented_batch_is_augment_on_each_volume_in_turn() -> None:
+    vols, lms = _batch_inputs()
+    x, lm_b = augmented_batch(vols, lms, torch.Generator().manual_seed(5), "cpu", 25.0, True, (1, 2))
+    g = torch.Generator().manual_seed(5)
+    for i in range(2):
+        v, lm = augment(vols[i], lms[i], g, 25.0, True, flip_axes=(1, 2))
+        assert torch.equal(x[i, 0], v) and torch.equal(lm_b[i], lm)
+    assert x.shape == (2, 1, 32, 32, 32) and lm_b.shape == (2, 5, 3)
+    cl, _ = augmented_batch(vols, lms, torch.Generator().manual_seed(5), "cpu", channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(cl, x)
+    with pytest.raises(ValueError, match="as many landmark sets"):
+        augmented_batch(vols, lms[:1], torch.Generator())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_augmented_batch_on_a_gpu_draws_the_same_augmentations() -> None:
+    vols, lms = _batch_inputs()
+    x_cpu, lm_cpu = augmented_batch(vols, lms, torch.Generator().manual_seed(5), "cpu")
+    x_gpu, lm_gpu = augmented_batch(vols, lms, torch.Generator().manual_seed(5), "cuda")
+    assert x_gpu.device.type == "cuda" and lm_gpu.device.type == "cuda"
+    assert torch.allclose(x_gpu.cpu(), x_cpu, atol=1e-4) and torch.allclose(lm_gpu.cpu(), lm_cpu, atol=1e-5)

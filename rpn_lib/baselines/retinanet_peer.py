@@ -82,7 +82,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rpn_lib.augment import augment
+from rpn_lib.augment import augmented_batch
 from rpn_lib.boxes import corners_to_cs, cs_to_corners, nms
 from rpn_lib.checkpoint import _load, _save  # the library's safe (weights-only, atomic) .pt I/O
 from rpn_lib.data.dataset import LandmarkDataset
@@ -385,7 +385,7 @@ def train_retinanet(
     """Train the MONAI RetinaNet peer on the ``train`` split and write a run folder.
 
     The loop is :func:`rpn_lib.train.train`'s: per step ``preset.batch_size`` volumes drawn
-    with one seeded generator, each augmented by :func:`rpn_lib.augment.augment`, AdamW at
+    with one seeded generator, each augmented by :func:`rpn_lib.augment.augmented_batch`, AdamW at
     :func:`rpn_lib.train.learning_rate`, gradients clipped at norm 10. The loss is MONAI's:
     ``detector(images, targets)`` returns its classification and box-regression losses
     (ATSS matching, hard-negative sampling), summed.
@@ -468,14 +468,9 @@ def train_retinanet(
         for g in optimizer.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n_cases, (preset.batch_size,), generator=generator)
-        vols, lms = [], []
-        for i in idx.tolist():
-            v, lm = augment(ts.volumes[i], ts.landmarks_vox[i], generator, preset.rotation_deg, preset.flip,
-                            flip_axes=preset.flip_axes)
-            vols.append(v)
-            lms.append(lm)
-        x = torch.stack(vols)[:, None].to(dev)
-        targets = monai_targets(torch.stack(lms).to(dev), preset.spacing_mm)
+        x, lm_b = augmented_batch([ts.volumes[i] for i in idx.tolist()], [ts.landmarks_vox[i] for i in idx.tolist()],
+                                  generator, dev, preset.rotation_deg, preset.flip, preset.flip_axes)
+        targets = monai_targets(lm_b, preset.spacing_mm)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             losses = detector(x, targets)
         cls_loss = losses[detector.cls_key].float()
