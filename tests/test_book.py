@@ -7,6 +7,7 @@ a script from the network, and, in headless Chromium, that math and widgets rend
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -53,6 +54,31 @@ def test_no_page_loads_scripts_from_the_network(built_book: Path) -> None:
         text = page.read_text(errors="replace")
         remote = re.findall(r"<script[^>]+src=\"(https?:[^\"]+)\"", text)
         assert not remote, f"{page.name} loads {remote}"
+
+
+def _markdown_tables_printed(chapter: str) -> int:
+    """How many ``text/markdown`` outputs of a chapter hold a Markdown table."""
+    nb = json.loads((ROOT / f"{chapter}.ipynb").read_text())
+    found = 0
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("data", {}).get("text/markdown", ""))
+            found += bool(re.search(r"^\|(\s*:?-+:?\s*\|)+\s*$", text, flags=re.M))
+    return found
+
+
+def test_tables_that_cells_print_render_as_tables(built_book: Path) -> None:
+    checked = 0
+    for chapter in _chapters():
+        expected = _markdown_tables_printed(chapter)
+        if not expected:
+            continue
+        html = (built_book / f"{chapter}.html").read_text()
+        outputs = html.split('<div class="cell_output')[1:]
+        assert not [o for o in outputs if re.search(r"<p>\|", o)], f"{chapter}: a printed table was left as text"
+        assert sum(o.count("<table") for o in outputs) >= expected, chapter
+        checked += 1
+    assert checked  # chapters 1 to 3 print tables
 
 
 def _render(page: Path, tmp: Path) -> tuple[str, np.ndarray]:
