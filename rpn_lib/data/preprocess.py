@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from rpn_lib.data.geometry import crop_or_pad_to_shape, resample_to_spacing, spacing_from_affine
 from rpn_lib.errors import DataError
@@ -22,22 +23,33 @@ class ModelInput:
     """A volume ready for the network.
 
     Attributes:
-        array: ``(D, H, W)`` float32 intensities in [0, 1].
+        array: ``(D, H, W)`` float32 intensities in [0, 1] (``normalized``), or as read, on
+            the model grid, for :func:`normalize_intensity` to map where the network runs.
         affine: ``(4, 4)`` model-grid voxel -> world RAS mm.
         spacing_mm: isotropic spacing of the grid.
+        normalized: whether ``array`` is already normalised.
     """
 
     array: np.ndarray
     affine: np.ndarray
     spacing_mm: float
+    normalized: bool = True
 
 
-def normalize_intensity(volume: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+def normalize_intensity(volume: np.ndarray | torch.Tensor, low_pct: float = 0.5,
+                        high_pct: float = 99.5) -> np.ndarray | torch.Tensor:
     """Map intensities to [0, 1] by robust percentiles of the non-zero voxels.
 
     Zero voxels (outside an ultrasound probe's field of view) stay 0. Percentiles instead of
     min/max make a few saturated voxels harmless; a constant volume maps to zeros.
+
+    A NumPy array gives a float32 NumPy array. A tensor gives a float32 tensor on its own
+    device (:class:`rpn_lib.detect.Detector` normalises on the GPU this way), equal bit for
+    bit to the NumPy result: the same order statistics, NumPy's linear interpolation between
+    them, and the same float64 arithmetic.
     """
+    if isinstance(volume, torch.Tensor):
+        return _normalize_intensity_tensor(volume, low_pct, high_pct)
     v = np.asarray(volume, dtype=np.float32)
     inside = v[v > 0]
     if inside.size == 0:
@@ -48,6 +60,37 @@ def normalize_intensity(volume: np.ndarray, low_pct: float = 0.5, high_pct: floa
     out = np.clip((v - lo) / (hi - lo), 0.0, 1.0)
     out[v <= 0] = 0.0
     return out.astype(np.float32)
+
+
+def _percentiles_tensor(values: torch.Tensor, pcts: tuple[float, ...]) -> list[float]:
+    """``np.percentile(values, pcts)`` (method "linear") of a 1-D tensor, as NumPy computes it."""
+    n = values.numel()
+    ordered = torch.sort(values).values
+    out = []
+    for q in np.true_divide(np.asarray(pcts, dtype=np.float64), 100):
+        virtual = (n - 1) * q
+        prev = int(np.floor(virtual))
+        if prev >= n - 1:
+            out.append(float(ordered[n - 1]))
+            continue
+        a, b = ordered[prev], ordered[prev + 1]
+        gamma = virtual - prev
+        diff = float(b - a)  # in the values' dtype, as NumPy's ``b - a``
+        out.append(float(b) - diff * (1 - gamma) if gamma >= 0.5 else float(a) + diff * gamma)
+    return out
+
+
+def _normalize_intensity_tensor(volume: torch.Tensor, low_pct: float, high_pct: float) -> torch.Tensor:
+    v = volume.to(torch.float32)
+    inside = v[v > 0]
+    if inside.numel() == 0:
+        return torch.zeros_like(v)
+    lo, hi = _percentiles_tensor(inside, (low_pct, high_pct))
+    if hi <= lo:
+        return torch.zeros_like(v)
+    out = ((v.double() - lo) / (hi - lo)).clamp_(0.0, 1.0)
+    out[v <= 0] = 0.0
+    return out.to(torch.float32)
 
 
 class IntensityWarning(UserWarning):
@@ -89,6 +132,7 @@ def prepare_volume(
     spacing_mm: float,
     shape_vox: tuple[int, int, int] | None = None,
     multiple: int = 8,
+    normalize: bool = True,
 ) -> ModelInput:
     """Resample ``volume`` to an isotropic ``spacing_mm`` grid and fit it to the network.
 
@@ -99,6 +143,8 @@ def prepare_volume(
         shape_vox: crop or pad (centred) to exactly this shape; when None, pad each side up
             to a multiple of ``multiple`` (the network is fully convolutional).
         multiple: side multiple required by the network.
+        normalize: map intensities with :func:`normalize_intensity`; False leaves that to the
+            caller (for example on a GPU, after the copy) and returns float32 intensities as read.
 
     Returns:
         A :class:`ModelInput` whose ``affine`` maps the new grid to the same world frame.
@@ -111,4 +157,6 @@ def prepare_volume(
     target = shape_vox if shape_vox is not None else tuple(_round_up(s, multiple) for s in vol.shape)
     if tuple(vol.shape) != tuple(target):
         vol, aff = crop_or_pad_to_shape(vol, aff, target)
+    if not normalize:
+        return ModelInput(np.asarray(vol, dtype=np.float32), aff, float(spacing_mm), normalized=False)
     return ModelInput(normalize_intensity(vol), aff, float(spacing_mm))
