@@ -8,10 +8,13 @@
 # matplotlib and tqdm; the RetinaNet peer needs monai). They are installed into a temporary folder
 # for this run only. rpn_lib is imported from the checkout. The synthetic cpu-small dataset, used
 # for the accuracy check of fp16 against fp32, is generated into data/synth-cpu-small when missing.
-# The script writes OUT_DIR/bench-cuda.json, OUT_DIR/bench-cuda.md and OUT_DIR/bench-cuda.log.
-# Wheels for a Python 3.12 without nibabel and monai, fetched on any machine with network:
+# First it runs tests/test_gpu.py (the library's CUDA paths against the CPU's) when pytest can
+# be imported, then the benchmark. It writes OUT_DIR/gpu-tests.log, OUT_DIR/bench-cuda.json,
+# OUT_DIR/bench-cuda.md and OUT_DIR/bench-cuda.log, and exits non-zero if the tests failed.
+# Wheels for a Python 3.12 without nibabel, monai and pytest, fetched on any machine with network:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#       --platform manylinux2014_x86_64 -d WHEEL_DIR nibabel==5.4.2 monai==1.6.1
+#       --platform manylinux2014_x86_64 -d WHEEL_DIR nibabel==5.4.2 monai==1.6.1 \
+#       pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0 packaging==26.4
 #
 # Environment:
 #   PYTHON       the interpreter (default: python3)
@@ -63,7 +66,21 @@ if [[ ! -f $data/splits.json ]]; then
     "$py" -m rpn_lib synth --out "$data" --preset cpu-small --seed 0 --no-progress
 fi
 
+tests_rc=0
+if "$py" -c "import pytest" 2>/dev/null; then
+    echo "running tests/test_gpu.py on $device ..."
+    RPN_LIB_TEST_DEVICE="$device" "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 \
+        | tee "$out/gpu-tests.log" || tests_rc=$?
+else
+    echo "pytest cannot be imported by $py: tests/test_gpu.py skipped (put its wheels in WHEEL_DIR)" \
+        | tee "$out/gpu-tests.log"
+fi
+
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
 "$py" -m rpn_lib bench --device "$device" --preset all --model models/ig-rpn-cpu-small/model.pt \
     --accuracy-data "$data" --out "$out/bench-cuda.json" --markdown "$out/bench-cuda.md" ${BENCH_ARGS:-} \
     2>&1 | tee "$out/bench-cuda.log"
+if [[ $tests_rc -ne 0 ]]; then
+    echo "error: tests/test_gpu.py failed (see $out/gpu-tests.log)" >&2
+    exit "$tests_rc"
+fi

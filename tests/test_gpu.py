@@ -1,0 +1,79 @@
+"""What runs on a CUDA GPU gives what runs on the CPU. Skipped where no GPU is visible.
+
+``scripts/bench_cuda.sh`` runs this file on a GPU machine before the benchmark. Every CUDA
+path of the library that the CPU tests cannot reach is checked here: augmentation on the
+device, intensity normalisation on the device, detection, and a model trained on the GPU
+that loads and detects on the CPU. ``RPN_LIB_TEST_DEVICE=cpu`` runs the same checks with the
+CPU in the GPU's place (a dry run of this file, as ``BENCH_DEVICE=cpu`` is of the script).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rpn_lib.augment import augmented_batch
+from rpn_lib.data import synth
+from rpn_lib.data.preprocess import normalize_intensity
+from rpn_lib.detect import Detector
+from rpn_lib.device import resolve_device
+from rpn_lib.errors import DeviceError
+
+DEVICE = os.environ.get("RPN_LIB_TEST_DEVICE", "cuda")
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ig-rpn-cpu-small" / "model.pt"
+
+
+def test_the_gpu_is_found_and_a_missing_one_refused() -> None:
+    assert resolve_device("auto").type == DEVICE
+    if DEVICE == "cuda":
+        assert resolve_device("cuda:0").type == "cuda"
+    with pytest.raises(DeviceError):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_augmentation_on_the_gpu_draws_the_same_augmentations() -> None:
+    case = synth.generate_from_preset(1, "cpu-small")
+    vols = [torch.from_numpy(case.volume.astype(np.float32))] * 3
+    lms = [torch.from_numpy(case.landmarks_vox).float()] * 3
+    x_cpu, lm_cpu = augmented_batch(vols, lms, torch.Generator().manual_seed(5), "cpu")
+    x_gpu, lm_gpu = augmented_batch(vols, lms, torch.Generator().manual_seed(5), DEVICE)
+    assert x_gpu.device.type == DEVICE and lm_gpu.device.type == DEVICE
+    assert torch.equal(lm_gpu.cpu(), lm_cpu)
+    assert torch.allclose(x_gpu.cpu(), x_cpu, atol=1e-3)
+
+
+def test_normalisation_on_the_gpu_is_the_cpus_bit_for_bit() -> None:
+    for seed, preset in [(2, "cpu-small"), (3, "paper")]:
+        vol = synth.generate_from_preset(seed, preset).volume
+        on_gpu = normalize_intensity(torch.from_numpy(vol).to(DEVICE))
+        assert on_gpu.device.type == DEVICE
+        assert np.array_equal(on_gpu.cpu().numpy(), normalize_intensity(vol))
+
+
+def test_detection_on_the_gpu_finds_what_the_cpu_finds() -> None:
+    cpu = Detector.from_file(SHIPPED, device="cpu")
+    gpu = Detector.from_file(SHIPPED, device=DEVICE)
+    assert gpu.normalize_on_device == (DEVICE != "cpu") and not cpu.normalize_on_device
+    for seed in (4, 5, 6):
+        case = synth.generate_from_preset(seed, "cpu-small")
+        a, b = cpu.detect(case.volume, case.affine), gpu.detect(case.volume, case.affine)
+        assert np.abs(a.landmarks_world - b.landmarks_world).max() < 0.1, seed
+        np.testing.assert_allclose(b.scores, a.scores, atol=0.01)
+
+
+def test_a_model_trained_on_the_gpu_detects_on_the_cpu(tmp_path: Path) -> None:
+    from rpn_lib.data.dataset import write_synthetic_dataset
+    from rpn_lib.train import train
+
+    data = write_synthetic_dataset(tmp_path / "data", n=4, n_test=1, seed=0, preset="cpu-small", progress=False)
+    res = train(data, tmp_path / "run", steps=3, device=DEVICE, progress=False, checkpoint_every=3)
+    assert np.isfinite(res.final_loss)
+    case = synth.generate_from_preset(7, "cpu-small")
+    det = Detector.from_file(res.run_dir / "model.pt", device="cpu")
+    assert det.detect(case.volume, case.affine).landmarks_world.shape == (5, 3)
