@@ -401,6 +401,25 @@ def test_targets_are_judged_from_the_numbers() -> None:
     assert v[("faster than", "cpu-small, fp32")] is False
 
 
+def test_gpu_target_is_judged_on_a_gpu_file_only_with_accurate_autocast() -> None:
+    cpu = planted_bench()
+    assert [(c.where, c.met) for c in B.gpu_target_checks(cpu)] == [("no GPU on this machine", None)]
+    gpu = planted_bench(accuracy={"within_0_1_mm": True, "d_mean_diff_mm": 0.01})
+    gpu["machine"].update(gpu="Test GPU", cuda="12.x")
+    gpu["presets"]["paper"]["detect"]["fp16"] = gpu["presets"]["paper"]["detect"].pop("bf16")
+    gpu["presets"]["paper"]["detect"]["fp16"]["end_to_end"]["median_ms"] = 15.0
+    (row,) = B.gpu_target_checks(gpu)
+    assert (row.target, row.where, row.measured, row.met) == ("paper scale on Test GPU < 20 ms (mixed precision)",
+                                                              "paper, fp16", 15.0, True)
+    assert B.check_targets(gpu)[-1] == row
+    gpu["presets"]["paper"]["detect"]["fp16"]["end_to_end"]["median_ms"] = 25.0
+    assert B.gpu_target_checks(gpu)[0].met is False
+    gpu["accuracy"] = {"within_0_1_mm": False, "d_mean_diff_mm": 0.4}
+    assert B.gpu_target_checks(gpu)[0].met is None and "does not count" in B.gpu_target_checks(gpu)[0].note
+    del gpu["presets"]["paper"]["detect"]["fp16"]
+    assert B.gpu_target_checks(gpu)[0].where == "no paper-scale autocast timing in this file"
+
+
 def test_autocast_counts_only_when_accurate() -> None:
     acc = {"within_0_1_mm": True, "d_mean_diff_mm": 0.02}
     v = verdicts(B.check_targets(planted_bench(accuracy=acc)))
