@@ -2,8 +2,8 @@
 
 ``scripts/bench_cuda.sh`` runs this file on a GPU machine before the benchmark. Every CUDA
 path of the library that the CPU tests cannot reach is checked here: augmentation on the
-device, intensity normalisation on the device, detection, and a model trained on the GPU
-that loads and detects on the CPU. ``RPN_LIB_TEST_DEVICE=cpu`` runs the same checks with the
+device, intensity normalisation on the device, detection, a model of each method trained on
+the GPU that loads and detects on the CPU, and the RetinaNet peer's training. ``RPN_LIB_TEST_DEVICE=cpu`` runs the same checks with the
 CPU in the GPU's place (a dry run of this file, as ``BENCH_DEVICE=cpu`` is of the script).
 """
 
@@ -22,6 +22,7 @@ from rpn_lib.data.preprocess import normalize_intensity
 from rpn_lib.detect import Detector
 from rpn_lib.device import resolve_device
 from rpn_lib.errors import DeviceError
+from rpn_lib.methods import METHOD_NAMES
 
 DEVICE = os.environ.get("RPN_LIB_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -67,13 +68,29 @@ def test_detection_on_the_gpu_finds_what_the_cpu_finds() -> None:
         np.testing.assert_allclose(b.scores, a.scores, atol=0.01)
 
 
-def test_a_model_trained_on_the_gpu_detects_on_the_cpu(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rpn_lib.data.dataset import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("gpu") / "data", n=4, n_test=1, seed=0,
+                                   preset="cpu-small", progress=False)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_a_model_trained_on_the_gpu_detects_on_the_cpu(method: str, tiny_dataset: Path, tmp_path: Path) -> None:
     from rpn_lib.train import train
 
-    data = write_synthetic_dataset(tmp_path / "data", n=4, n_test=1, seed=0, preset="cpu-small", progress=False)
-    res = train(data, tmp_path / "run", steps=3, device=DEVICE, progress=False, checkpoint_every=3)
+    res = train(tiny_dataset, tmp_path / "run", steps=3, device=DEVICE, progress=False, checkpoint_every=3,
+                method=method)
     assert np.isfinite(res.final_loss)
     case = synth.generate_from_preset(7, "cpu-small")
     det = Detector.from_file(res.run_dir / "model.pt", device="cpu")
     assert det.detect(case.volume, case.affine).landmarks_world.shape == (5, 3)
+
+
+def test_the_retinanet_peer_trains_on_the_gpu(tiny_dataset: Path, tmp_path: Path) -> None:
+    pytest.importorskip("monai")
+    from rpn_lib.baselines.retinanet_peer import train_retinanet
+
+    res = train_retinanet(tiny_dataset, tmp_path / "run", steps=3, device=DEVICE, progress=False, checkpoint_every=3)
+    assert np.isfinite(res.final_loss)
