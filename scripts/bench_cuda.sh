@@ -11,10 +11,11 @@
 # First it runs tests/test_gpu.py (the library's CUDA paths against the CPU's) when pytest can
 # be imported, then the benchmark. It writes OUT_DIR/gpu-tests.log, OUT_DIR/bench-cuda.json,
 # OUT_DIR/bench-cuda.md and OUT_DIR/bench-cuda.log, and exits non-zero if the tests failed.
-# Wheels for a Python 3.12 without nibabel, monai and pytest, fetched on any machine with network:
+# Wheels for a Python 3.12 without nibabel and monai, fetched on any machine with network:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#       --platform manylinux2014_x86_64 -d WHEEL_DIR nibabel==5.4.2 monai==1.6.1 \
-#       pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0 packaging==26.4
+#       --platform manylinux2014_x86_64 -d WHEEL_DIR nibabel==5.4.2 monai==1.6.1
+# (where that Python has no pytest either, add pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
+# pygments==2.21.0 packaging==26.4).
 #
 # Environment:
 #   PYTHON       the interpreter (default: python3)
