@@ -28,6 +28,7 @@ from rpn_lib.presets import ANCHOR_LAYOUTS, EYE_SIDES, PRESETS
 
 if TYPE_CHECKING:  # the command line imports the library lazily, so that --help is quick
     from rpn_lib.data.dataset import LandmarkDataset
+    from rpn_lib.detect import Detection
 
 PROG = "rpn-lib"
 EXIT_USER_ERROR = 2
@@ -260,7 +261,9 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "detect", help="detect the five landmarks in NIfTI volumes",
         description="For each IMAGE write OUT/<case>.mrk.json (five landmarks, world mm, 3D Slicer "
-        "markups) and OUT/<case>.json (boxes, scores, candidates, prior penalty).",
+        "markups) and OUT/<case>.json (boxes, scores, candidates, prior penalty); then "
+        "OUT/detections.csv, one row per landmark of every image detected in this run (case, label, "
+        "x, y, z in world RAS mm, score, i, j, k in the image's voxels).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", type=Path, required=True, help="model.pt of a training run")
@@ -323,12 +326,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     An image that cannot be used (unreadable, too small, ...) is reported on one line and
     skipped; the others are still detected. The exit code is 2 when any image failed."""
     from rpn_lib.data.io import load_volume, save_landmarks
+    from rpn_lib.detect import save_detections_csv
     from rpn_lib.fileio import atomic_write_json
 
     args.images = _expand_images(args.images)
     _check_case_names(args.images)
     det = _detector(args)
     failed: list[Path] = []
+    found: dict[str, Detection] = {}
     for path in args.images:
         case = _case_id(path)
         try:
@@ -347,12 +352,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
         save_landmarks(args.out / f"{case}.mrk.json", res.landmarks_world,
                        extra={"model": str(args.model), "scores": res.scores.round(5).tolist()})
         atomic_write_json(args.out / f"{case}.json", {"image": str(path), **res.to_dict()})
+        found[case] = res
         total = sum(res.timing_ms.values())
         print(f"{case}: 5 landmarks ({total:.0f} ms) -> {args.out / (case + '.mrk.json')}")
         if res.scores.max() < LOW_SCORE:
             print(f"warning: {case}: no landmark scored above {LOW_SCORE} (best {res.scores.max():.3f}); the volume "
                   "may not look like the model's training data. Is the probe on the low-index side of array "
                   "axis 0? See --axis-order and --flip-axes.", file=sys.stderr)
+    if found:
+        table = save_detections_csv(args.out / "detections.csv", found)
+        if len(args.images) > 1:
+            print(f"all {len(found)} images' landmarks in one table: {table}")
     if failed and len(args.images) > 1:
         print(f"{PROG}: {len(failed)} of {len(args.images)} images failed (above); results for the other "
               f"{len(args.images) - len(failed)} are in {args.out}", file=sys.stderr)

@@ -18,7 +18,10 @@ heatmap peaks as candidates, with a landmark-sized box centred on each: see
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from rpn_lib.data.geometry import check_affine, reorient_axes, voxel_to_world, w
 from rpn_lib.data.preprocess import ModelInput, check_intensities, normalize_intensity, prepare_volume
 from rpn_lib.device import resolve_device
 from rpn_lib.errors import DataError
+from rpn_lib.fileio import atomic_write
 from rpn_lib.handedness import name_eye_sides, right_direction
 from rpn_lib.inference import prepare_for_inference
 from rpn_lib.landmarks import EYES, LANDMARK_NAMES
@@ -109,6 +113,38 @@ class Detection:
             "spacing_mm": self.spacing_mm,
             "timing_ms": {k: round(v, 2) for k, v in self.timing_ms.items()},
         }
+
+
+DETECTIONS_CSV_HEADER: tuple[str, ...] = ("case", "label", "x", "y", "z", "score", "i", "j", "k")
+"""Columns of :func:`save_detections_csv`: world RAS mm (``x, y, z``), the class probability,
+and the input image's voxel coordinates (``i, j, k`` along array axes 0, 1, 2)."""
+
+
+def save_detections_csv(path: str | Path, detections: Mapping[str, Detection]) -> Path:
+    """Write the landmarks of many volumes as one table, one row per case and landmark, atomically.
+
+    Columns :data:`DETECTIONS_CSV_HEADER`: ``x, y, z`` in world RAS mm (the convention of the
+    landmark CSV files :func:`rpn_lib.data.io.load_landmarks` reads), ``score``, and ``i, j, k``
+    in the voxels of the image the case was detected in. Cases keep the mapping's order,
+    landmarks :data:`~rpn_lib.landmarks.LANDMARK_NAMES`'. What ``rpn-lib detect`` writes as
+    ``OUT/detections.csv``.
+
+    Args:
+        path: the ``.csv`` file to write (replaced if it exists).
+        detections: case name -> its :class:`Detection`.
+
+    Returns:
+        The path written.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(DETECTIONS_CSV_HEADER)
+    for case, det in detections.items():
+        for k, name in enumerate(LANDMARK_NAMES):
+            writer.writerow([case, name, *(f"{v:.3f}" for v in det.landmarks_world[k]), f"{float(det.scores[k]):.5f}",
+                             *(f"{v:.3f}" for v in det.landmarks_vox[k])])
+    atomic_write(path, buf.getvalue())
+    return Path(path)
 
 
 class Detector:

@@ -15,6 +15,7 @@ from rpn_lib.cli import main
 from rpn_lib.data.io import load_landmarks, save_volume
 from rpn_lib.data.preprocess import IntensityWarning
 from rpn_lib.detect import Detector
+from rpn_lib.landmarks import LANDMARK_NAMES
 from rpn_lib.errors import DataError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ig-rpn-cpu-small" / "model.pt"
@@ -50,13 +51,39 @@ def test_a_bad_volume_is_skipped_and_the_others_detected(images: dict, tmp_path:
     assert "too small for this model" in errors[1]
     assert errors[2] == f"rpn-lib: 2 of 3 images failed (above); results for the other 1 are in {out}"
     assert "face: 5 landmarks" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == ["face.json", "face.mrk.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["detections.csv", "face.json", "face.mrk.json"]
     found = load_landmarks(out / "face.mrk.json")
     assert np.linalg.norm(found - images["truth"], axis=1).mean() < 15.0  # the good volume was really detected
 
 
 def test_all_good_volumes_exit_zero(images: dict, tmp_path: Path) -> None:
     assert main(["detect", "--model", str(SHIPPED), str(images["face"]), "--out", str(tmp_path), "--device", "cpu"]) == 0
+
+
+def test_one_table_holds_every_landmark_of_the_run(images: dict, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    import csv
+    import json
+    import shutil
+
+    twin = tmp_path / "in" / "face2.nii.gz"
+    twin.parent.mkdir()
+    shutil.copy(images["face"], twin)
+    out = tmp_path / "out"
+    assert main(["detect", "--model", str(SHIPPED), str(images["face"]), str(twin), str(images["broken"]),
+                 "--out", str(out), "--device", "cpu"]) == 2
+    assert f"all 2 images' landmarks in one table: {out / 'detections.csv'}" in capsys.readouterr().out
+    with open(out / "detections.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["case", "label", "x", "y", "z", "score", "i", "j", "k"]
+    assert [(r["case"], r["label"]) for r in rows] == [(c, n) for c in ("face", "face2") for n in LANDMARK_NAMES]
+    for r in rows:
+        per_case = json.loads((out / f"{r['case']}.json").read_text())["landmarks"][r["label"]]
+        assert [float(r[a]) for a in "xyz"] == pytest.approx(per_case["world_mm_ras"], abs=1e-3)
+        assert [float(r[a]) for a in "ijk"] == pytest.approx(per_case["voxel"], abs=1e-3)
+        assert float(r["score"]) == pytest.approx(per_case["score"], abs=1e-5)
+    table = np.array([[float(r[a]) for a in "xyz"] for r in rows[:5]])
+    assert np.abs(table - load_landmarks(out / "face.mrk.json")).max() < 1e-3  # the markups agree
 
 
 def test_outputs_that_would_overwrite_each_other_are_refused(images: dict, tmp_path: Path,
@@ -112,7 +139,7 @@ def test_a_folder_stands_for_the_nifti_files_in_it(images: dict, tmp_path: Path,
     (folder / ".face2.nii.gz.tmp").write_text("an interrupted copy")
     out = tmp_path / "out"
     assert main(["detect", "--model", str(SHIPPED), str(folder), "--out", str(out), "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["face.json", "face.mrk.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["detections.csv", "face.json", "face.mrk.json"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["detect", "--model", str(SHIPPED), str(empty), "--out", str(out), "--device", "cpu"]) == 2
