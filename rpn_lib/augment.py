@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from rpn_lib.device import computes_float64
 from rpn_lib.landmarks import FLIP_PERMUTATION
 
 
@@ -124,11 +125,13 @@ def augmented_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training batch: each volume augmented by :func:`augment` on ``device``, then stacked.
 
-    Each ``(D, H, W)`` volume is copied to ``device`` first, so that on a GPU the rotation
-    runs there and not on the CPU (on a 2-core CPU it takes about 0.4 s for a ``paper``-scale
-    batch of two: the ``data`` column of ``rpn-lib bench``'s training table). The random draws are made on the CPU from ``generator``, in the
-    same order whatever the device, so a run draws the same augmentations everywhere; the
-    resampled volumes agree across devices to float rounding.
+    Each ``(D, H, W)`` volume is copied to ``device`` first, so that on a CUDA GPU the
+    rotation runs there and not on the CPU (on a 2-core CPU it takes about 0.4 s for a
+    ``paper``-scale batch of two: the ``data`` column of ``rpn-lib bench``'s training table).
+    On a device without float64 (Apple's MPS) it stays on the CPU. The random draws are made
+    on the CPU from ``generator``, in the same order whatever the device, so a run draws the
+    same augmentations everywhere; the resampled volumes agree across devices to float
+    rounding.
 
     Args:
         volumes: the batch's ``(D, H, W)`` float volumes (any device).
@@ -145,12 +148,13 @@ def augmented_batch(
     if len(volumes) != len(landmarks_vox) or not len(volumes):
         raise ValueError(f"need as many landmark sets as volumes, at least one: got {len(volumes)} volumes and "
                          f"{len(landmarks_vox)} landmark sets")
+    work = device if computes_float64(device) else "cpu"  # the rotation's grid is float64
     vols, lms = [], []
     for vol, lm in zip(volumes, landmarks_vox):
-        v, p = augment(vol.to(device), lm.cpu(), generator, max_deg, do_flip, flip_axes=flip_axes)
+        v, p = augment(vol.to(work), lm.cpu(), generator, max_deg, do_flip, flip_axes=flip_axes)
         vols.append(v)
         lms.append(p)
-    x = torch.stack(vols)[:, None]
+    x = torch.stack(vols)[:, None].to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     return x, torch.stack(lms).to(device)

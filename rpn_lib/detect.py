@@ -33,7 +33,7 @@ from rpn_lib.anchors import preset_anchor_grid
 from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import check_affine, reorient_axes, voxel_to_world, world_to_voxel
 from rpn_lib.data.preprocess import ModelInput, check_intensities, normalize_intensity, prepare_volume
-from rpn_lib.device import resolve_device
+from rpn_lib.device import computes_float64, resolve_device
 from rpn_lib.errors import DataError
 from rpn_lib.fileio import atomic_write
 from rpn_lib.handedness import name_eye_sides, right_direction
@@ -281,10 +281,11 @@ class Detector:
     @property
     def normalize_on_device(self) -> bool:
         """Whether :meth:`detect` and :meth:`detect_batch` normalise intensities after the copy
-        to the device instead of on the CPU: on a GPU, where
+        to the device instead of on the CPU: on a CUDA GPU, where
         :func:`~rpn_lib.data.preprocess.normalize_intensity` takes a fraction of the CPU's
-        time. The result is the same bit for bit."""
-        return self.device.type != "cpu"
+        time. The result is the same bit for bit (it computes in float64, which Apple's MPS
+        does not have: there, as on the CPU, NumPy normalises)."""
+        return self.device.type != "cpu" and computes_float64(self.device)
 
     @torch.inference_mode()
     def detect(self, volume: np.ndarray, affine: np.ndarray | None = None, spacing_mm: float | None = None,

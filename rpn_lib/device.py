@@ -12,7 +12,7 @@ import torch
 
 from rpn_lib.errors import DeviceError
 
-__all__ = ["resolve_device"]
+__all__ = ["computes_float64", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -46,3 +46,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"device {str(dev)!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return dev
+
+
+def computes_float64(device: str | torch.device) -> bool:
+    """Whether ``device`` computes in float64: the CPU and CUDA do, Apple's MPS does not.
+
+    The library runs a step on the device only where it gives there what it gives on the CPU,
+    which for resampling and intensity normalisation takes float64; elsewhere the step stays
+    on the CPU and its result is copied over.
+    """
+    return torch.device(device).type in ("cpu", "cuda")

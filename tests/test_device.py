@@ -71,3 +71,10 @@ def test_cli_refuses_a_missing_gpu_in_one_line(command: str, tmp_path: Path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("rpn-lib: error: device 'cuda' asked for") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_float64_devices() -> None:
+    from rpn_lib.device import computes_float64
+
+    assert computes_float64("cpu") and computes_float64("cuda") and computes_float64(torch.device("cuda", 1))
+    assert not computes_float64("mps")

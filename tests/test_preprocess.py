@@ -73,3 +73,10 @@ def test_normalising_on_the_device_changes_no_detection(monkeypatch: pytest.Monk
     for a, b in zip(first + first[:1], later):
         assert np.array_equal(a.landmarks_world, b.landmarks_world) and np.array_equal(a.scores, b.scores)
         assert [len(c) for c in a.candidates] == [len(c) for c in b.candidates]
+
+
+def test_only_a_float64_device_normalises_after_the_copy() -> None:
+    det = Detector.from_file(SHIPPED, device="cpu")
+    for device, on_device in [("cpu", False), ("cuda", True), ("cuda:1", True), ("mps", False)]:
+        det.device = torch.device(device)  # the rule reads only the device; nothing runs there
+        assert det.normalize_on_device is on_device, device
