@@ -125,9 +125,9 @@ def save_detections_csv(path: str | Path, detections: Mapping[str, Detection]) -
 
     Columns :data:`DETECTIONS_CSV_HEADER`: ``x, y, z`` in world RAS mm (the convention of the
     landmark CSV files :func:`rpn_lib.data.io.load_landmarks` reads), ``score``, and ``i, j, k``
-    in the voxels of the image the case was detected in. Cases keep the mapping's order,
-    landmarks :data:`~rpn_lib.landmarks.LANDMARK_NAMES`'. What ``rpn-lib detect`` writes as
-    ``OUT/detections.csv``.
+    in the voxels of the image the case was detected in. Cases keep the mapping's order, and
+    each case's landmarks the order of :data:`~rpn_lib.landmarks.LANDMARK_NAMES`. What
+    ``rpn-lib detect`` writes as ``OUT/detections.csv``.
 
     Args:
         path: the ``.csv`` file to write (replaced if it exists).
@@ -313,16 +313,20 @@ class Detector:
     def detect_prepared(self, inputs: list[ModelInput], in_affines: list[np.ndarray], use_prior: bool = True) -> list[Detection]:
         """Detect in volumes already on the model grid (``inputs`` from :meth:`prepare`;
         ``in_affines``: the original images'). Inputs not yet normalised are normalised on the
-        device, after the copy."""
+        device after the copy where :attr:`normalize_on_device`, else on the CPU before it."""
         results: list[Detection | None] = [None] * len(inputs)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, inp in enumerate(inputs):
             groups.setdefault(tuple(inp.array.shape), []).append(i)
         for shape, members in groups.items():
             t0 = time.perf_counter()
-            x = torch.from_numpy(np.stack([inputs[i].array for i in members]))[:, None].to(self.device)
-            for j, i in enumerate(members):
-                if not inputs[i].normalized:
+            on_device = self.normalize_on_device
+            raw = [not inputs[i].normalized for i in members]
+            arrays = [normalize_intensity(inputs[i].array) if r and not on_device else inputs[i].array
+                      for i, r in zip(members, raw)]
+            x = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
+            for j, r in enumerate(raw):
+                if r and on_device:
                     x[j, 0] = normalize_intensity(x[j, 0])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)

@@ -70,7 +70,10 @@ def test_normalising_on_the_device_changes_no_detection(monkeypatch: pytest.Monk
     monkeypatch.setattr(Detector, "normalize_on_device", property(lambda self: True))
     assert not det.prepare(case.volume, case.affine, normalize=False).normalized
     later = det.detect_batch(volumes, affines) + [det.detect(case.volume, case.affine)]
-    for a, b in zip(first + first[:1], later):
+    monkeypatch.setattr(Detector, "normalize_on_device", property(lambda self: False))  # e.g. Apple's MPS
+    raw = det.prepare(case.volume, case.affine, normalize=False)
+    later += det.detect_prepared([raw], [case.affine])                              # normalised before the copy
+    for a, b in zip(first + first[:1] + first[:1], later, strict=True):
         assert np.array_equal(a.landmarks_world, b.landmarks_world) and np.array_equal(a.scores, b.scores)
         assert [len(c) for c in a.candidates] == [len(c) for c in b.candidates]
 
