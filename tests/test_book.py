@@ -67,6 +67,12 @@ def _markdown_tables_printed(chapter: str) -> int:
     return found
 
 
+def test_pages_load_the_books_stylesheet(built_book: Path) -> None:
+    assert "div.cell_output pre" in (built_book / "_static" / "ig-rpn.css").read_text()
+    for chapter in _chapters():
+        assert '_static/ig-rpn.css' in (built_book / f"{chapter}.html").read_text(), chapter
+
+
 def test_tables_that_cells_print_render_as_tables(built_book: Path) -> None:
     checked = 0
     for chapter in _chapters():
