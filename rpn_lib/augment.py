@@ -114,8 +114,8 @@ def augment(
 
 
 def augmented_batch(
-    volumes: Sequence[torch.Tensor],
-    landmarks_vox: Sequence[torch.Tensor],
+    volumes: Sequence[torch.Tensor] | torch.Tensor,
+    landmarks_vox: Sequence[torch.Tensor] | torch.Tensor,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     max_deg: float = 25.0,
@@ -134,8 +134,10 @@ def augmented_batch(
     rounding.
 
     Args:
-        volumes: the batch's ``(D, H, W)`` float volumes (any device).
-        landmarks_vox: their ``(K, 3)`` landmark voxel coordinates, in class order.
+        volumes: the batch's ``(D, H, W)`` float volumes (any device), or one ``(B, D, H, W)``
+            tensor of them.
+        landmarks_vox: their ``(K, 3)`` landmark voxel coordinates, in class order (or one
+            ``(B, K, 3)`` tensor).
         generator: a CPU ``torch.Generator``, the only source of randomness.
         device: where the batch goes.
         max_deg, do_flip, flip_axes: as in :func:`augment` (a preset's ``rotation_deg``,

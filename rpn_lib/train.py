@@ -321,8 +321,8 @@ def train(
         for g in optimizer.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n_cases, (preset.batch_size,), generator=generator)
-        x, lm_b = augmented_batch([ts.volumes[i] for i in idx.tolist()], [ts.landmarks_vox[i] for i in idx.tolist()],
-                                  generator, dev, preset.rotation_deg, preset.flip, preset.flip_axes, channels_last)
+        x, lm_b = augmented_batch(ts.volumes[idx], ts.landmarks_vox[idx], generator, dev, preset.rotation_deg,
+                                  preset.flip, preset.flip_axes, channels_last)
         ctx = TrainContext(preset, generator, iou_balance, hard_mining=step >= preset.hard_negative_start * steps,
                            device=dev, precision=precision)
         losses = meth.training_losses(model, x, lm_b, ctx)

@@ -468,8 +468,8 @@ def train_retinanet(
         for g in optimizer.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n_cases, (preset.batch_size,), generator=generator)
-        x, lm_b = augmented_batch([ts.volumes[i] for i in idx.tolist()], [ts.landmarks_vox[i] for i in idx.tolist()],
-                                  generator, dev, preset.rotation_deg, preset.flip, preset.flip_axes)
+        x, lm_b = augmented_batch(ts.volumes[idx], ts.landmarks_vox[idx], generator, dev, preset.rotation_deg,
+                                  preset.flip, preset.flip_axes)
         targets = monai_targets(lm_b, preset.spacing_mm)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             losses = detector(x, targets)
