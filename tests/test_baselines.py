@@ -196,6 +196,34 @@ def test_refinement_is_bounded_and_safe_on_flat_maps() -> None:
     assert pos.tolist() == pytest.approx([0.0, 3.3, 7.0])  # no neighbour beyond the border: no shift
 
 
+def _refine_reference(h: np.ndarray, peak: tuple[int, int, int], eps: float = 1e-12) -> list[float]:
+    """One peak's parabola vertex, written out axis by axis in NumPy float64."""
+    out = [float(v) for v in peak]
+    for ax in range(3):
+        if not 0 < peak[ax] < h.shape[ax] - 1:
+            continue
+        lo, hi = list(peak), list(peak)
+        lo[ax] -= 1
+        hi[ax] += 1
+        lm, l0, lp = (np.log(max(float(h[tuple(q)]), eps)) for q in (lo, peak, hi))
+        if lm - 2 * l0 + lp < 0:
+            out[ax] += float(np.clip((lm - lp) / (2 * (lm - 2 * l0 + lp)), -0.5, 0.5))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_refinement_matches_a_per_peak_reference_and_returns_cpu_float64(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    h = torch.rand(9, 7, 11, generator=g).to(dtype)
+    idx = torch.stack([torch.randint(0, n, (40,), generator=g) for n in h.shape], dim=1)
+    idx[:3] = torch.tensor([[0, 3, 5], [8, 6, 10], [4, 0, 0]])  # corners and faces
+    got = refine_peaks(h, idx)
+    assert got.dtype == torch.float64 and got.device.type == "cpu"
+    want = [_refine_reference(h.double().numpy(), tuple(int(v) for v in p)) for p in idx]
+    np.testing.assert_allclose(got.numpy(), np.array(want), rtol=0, atol=1e-12)
+    assert refine_peaks(h, idx[:0]).shape == (0, 3)
+
+
 def test_heatmap_peaks_and_candidates_find_planted_landmarks() -> None:
     lm = torch.tensor([[[8.0, 9.0, 10.0], [12.25, 16.0, 16.0], [8.0, 9.0, 22.0], [18.0, 16.0, 16.0],
                         [26.5, 16.0, 15.5]]])

@@ -3,8 +3,9 @@
 ``scripts/bench_cuda.sh`` runs this file on a GPU machine before the benchmark. Every CUDA
 path of the library that the CPU tests cannot reach is checked here: augmentation on the
 device, intensity normalisation on the device, detection, a model of each method trained on
-the GPU that loads and detects on the CPU, and the RetinaNet peer's training. ``RPN_LIB_TEST_DEVICE=cpu`` runs the same checks with the
-CPU in the GPU's place (a dry run of this file, as ``BENCH_DEVICE=cpu`` is of the script).
+the GPU that loads and detects on the CPU and on the GPU, and the RetinaNet peer's training.
+``RPN_LIB_TEST_DEVICE=cpu`` runs the same checks with the CPU in the GPU's place (a dry run of
+this file, as ``BENCH_DEVICE=cpu`` is of the script).
 """
 
 from __future__ import annotations
@@ -77,15 +78,17 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
-def test_a_model_trained_on_the_gpu_detects_on_the_cpu(method: str, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_model_trained_on_the_gpu_detects_on_the_cpu_and_the_gpu(method: str, tiny_dataset: Path,
+                                                                     tmp_path: Path) -> None:
     from rpn_lib.train import train
 
     res = train(tiny_dataset, tmp_path / "run", steps=3, device=DEVICE, progress=False, checkpoint_every=3,
                 method=method)
     assert np.isfinite(res.final_loss)
     case = synth.generate_from_preset(7, "cpu-small")
-    det = Detector.from_file(res.run_dir / "model.pt", device="cpu")
-    assert det.detect(case.volume, case.affine).landmarks_world.shape == (5, 3)
+    for device in ("cpu", DEVICE):
+        found = Detector.from_file(res.run_dir / "model.pt", device=device).detect(case.volume, case.affine)
+        assert found.landmarks_world.shape == (5, 3) and np.isfinite(found.landmarks_world).all(), device
 
 
 def test_the_retinanet_peer_trains_on_the_gpu(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -88,30 +88,37 @@ def refine_peaks(heatmap: torch.Tensor, idx: torch.Tensor, eps: float = 1e-12) -
     volume's border or where the log is not strictly concave there (a plateau, values <= 0),
     and clamped to [-0.5, 0.5] (the peak voxel is the arg-max).
 
+    Only the 7 heatmap values each peak needs are read on the heatmap's device; the fit runs
+    in float64 on the CPU, which every device can hand values to (Apple's MPS has no float64,
+    and a float64 copy of a whole GPU heatmap would cost more than the fit).
+
     Args:
-        heatmap: ``(D, H, W)`` one heatmap.
-        idx: ``(M, 3)`` int64 peak voxels.
+        heatmap: ``(D, H, W)`` one heatmap, on any device, in any float dtype.
+        idx: ``(M, 3)`` int64 peak voxels, on the heatmap's device.
         eps: heatmap values are clamped to at least ``eps`` before the log.
 
     Returns:
-        ``(M, 3)`` float64 positions in voxels.
+        ``(M, 3)`` float64 positions in voxels, on the CPU.
     """
-    h = heatmap.detach().to(torch.float64)
-    shape = torch.tensor(h.shape, device=idx.device)
-    out = idx.to(torch.float64).clone()
+    shape = torch.tensor(heatmap.shape)
+    out = idx.detach().cpu().to(torch.float64)
     if idx.shape[0] == 0:
         return out
-
-    def log_at(i: torch.Tensor) -> torch.Tensor:
-        return torch.log(h[i[:, 0], i[:, 1], i[:, 2]].clamp(min=eps))
-
-    l0 = log_at(idx)
+    # (7, M, 3): each peak, then its lower and upper neighbour along z, y and x (clamped to the volume).
+    upper = torch.tensor(heatmap.shape, device=idx.device) - 1
+    probes = [idx]
     for ax in range(3):
-        inside = (idx[:, ax] > 0) & (idx[:, ax] < shape[ax] - 1)
         lo, hi = idx.clone(), idx.clone()
         lo[:, ax] = (idx[:, ax] - 1).clamp(min=0)
-        hi[:, ax] = torch.minimum(idx[:, ax] + 1, shape[ax] - 1)
-        lm, lp = log_at(lo), log_at(hi)
+        hi[:, ax] = torch.minimum(idx[:, ax] + 1, upper[ax])
+        probes += [lo, hi]
+    at = torch.stack(probes)
+    values = heatmap.detach()[at[..., 0], at[..., 1], at[..., 2]].cpu().to(torch.float64)
+    logs = torch.log(values.clamp(min=eps))
+    l0, peaks = logs[0], out.to(torch.int64)
+    for ax in range(3):
+        lm, lp = logs[1 + 2 * ax], logs[2 + 2 * ax]
+        inside = (peaks[:, ax] > 0) & (peaks[:, ax] < shape[ax] - 1)
         den = lm - 2 * l0 + lp
         ok = inside & (den < 0)
         off = torch.where(ok, (lm - lp) / (2 * torch.where(ok, den, torch.ones_like(den))), torch.zeros_like(den))
@@ -127,8 +134,9 @@ def heatmap_peaks(heatmap: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Te
         n: peaks wanted (fewer if the heatmap has fewer local maxima).
 
     Returns:
-        ``points`` ``(M, 3)`` float64 voxel positions (:func:`refine_peaks`) and ``values``
-        ``(M,)`` the heatmap at the peak voxels, best first; the first is the arg-max.
+        ``points`` ``(M, 3)`` float64 voxel positions on the CPU (:func:`refine_peaks`) and
+        ``values`` ``(M,)`` the heatmap at the peak voxels, on its device, best first; the
+        first is the arg-max.
     """
     h = heatmap.detach().float()
     is_max = F.max_pool3d(h[None, None], 3, stride=1, padding=1)[0, 0] == h
@@ -217,7 +225,7 @@ class HeatmapMethod(Method):
         result = []
         for k in range(out.shape[1]):
             pts, vals = heatmap_peaks(out[index, k], settings.pre_nms_top_n)
-            pts = pts.to(torch.float32)
+            pts = pts.to(torch.float32).to(vals.device)
             boxes = torch.cat([pts, torch.full_like(pts, float(sizes[k]))], dim=1)
             result.append(top_boxes_after_nms(boxes, vals, settings.pre_nms_top_n, settings.nms_iou, settings.keep))
         return result
