@@ -12,6 +12,7 @@ see :mod:`rpn_lib.methods`); files without it hold an IG-RPN.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,10 @@ def _load(path: str | Path, fmt: str) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError("model file not found", path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it then refuses; the error below says it all.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is the same problem for the user
         raise ModelError(f"not a readable rpn-lib file ({type(e).__name__}: {str(e).splitlines()[0][:200]})", path) from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
