@@ -38,6 +38,30 @@ USER_ERRORS: tuple[type[BaseException], ...] = (RpnLibError, FileNotFoundError, 
 """Exceptions reported as one line (exit 2) rather than as a crash."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that states an option's default once, and only where there is one to state.
+
+    ``(default: X)`` is appended to an option's help unless its help already speaks of the
+    default, it is a flag (``store_true`` / ``store_false``), or its default is ``None`` or
+    empty. Lists print as the command line takes them: ``0 1 2`` for an option of several
+    values, ``0,1,2`` for one comma-separated value.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (not text or "default" in text.lower() or action.nargs == 0 or default is None
+                or default is argparse.SUPPRESS or (isinstance(default, (list, tuple, str)) and len(default) == 0)):
+            return text
+        if isinstance(default, (list, tuple)):
+            sep = " " if action.nargs in ("+", "*") or isinstance(action.nargs, int) else ","
+            shown = sep.join(map(str, default))
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+
 # --------------------------------------------------------------------------------------------
 # synth
 # --------------------------------------------------------------------------------------------
@@ -49,14 +73,16 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
         help="write a synthetic fetal-face landmark dataset",
         description="Generate phantom volumes with five landmarks and write a dataset folder "
         "(images/, landmarks/, splits.json, README.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="dataset folder to create")
     p.add_argument("--n", type=int, default=152, help="number of cases")
-    p.add_argument("--n-test", type=int, default=32, help="cases in the random test split")
+    p.add_argument("--n-test", type=int, default=32, metavar="N", help="cases in the random test split")
     p.add_argument("--seed", type=int, default=0, help="dataset seed")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small", help="spacing and volume shape")
-    p.add_argument("--difficulty", default="standard", help="phantom difficulty level")
+    # rpn_lib.data.ultrasound.DIFFICULTIES, written out: importing it here would slow --help
+    p.add_argument("--difficulty", choices=["easy", "standard", "hard"], default="standard",
+                   help="image quality and clutter of the phantoms (face tilt, speckle, noise, distractors)")
     p.add_argument("--overwrite", action="store_true", help="replace the dataset files in a non-empty --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=cmd_synth)
@@ -86,12 +112,13 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "train", help="train an IG-RPN (or a baseline) on a dataset folder",
         description="Train on a split of DIR (--split) and write RUN/model.pt, RUN/checkpoint.pt, "
         "RUN/log.csv and RUN/train.json. --method picks the IG-RPN (rpn) or a baseline of Table 1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", type=Path, required=True, metavar="DIR",
                    help="dataset folder (images/, landmarks/, splits.json)")
     p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small",
+                   help="voxel spacing, input shape, width and training recipe (rpn_lib.presets)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--eye-sides", choices=list(EYE_SIDES), default=None,
                    help="learned: two eye classes (the paper); geometry: detect 'an eye', name the sides by the "
@@ -104,7 +131,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    "rpn only; default: the preset's)")
     p.add_argument("--split", default="train", help="split of splits.json to train on ('all' for every case)")
     _add_label_map_arg(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order, the augmentation and the anchor sampling")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start again over a run already in RUN (its model.pt, checkpoint.pt, log.csv and train.json "
@@ -120,8 +147,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", action="store_true",
                    help="weights and batches in channels_last_3d (faster with bf16 on a CPU; same training)")
     _add_device_arg(p)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS",
+                   help="write RUN/checkpoint.pt and RUN/model.pt every STEPS steps (and at the end)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
 
 
@@ -211,8 +239,7 @@ def _dataset(path: Path, split: str | None, label_map: dict[str, str] | None) ->
 def _add_device_arg(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """``--device``, checked when the command starts (:func:`rpn_lib.device.resolve_device`)."""
     p.add_argument("--device", default="auto", metavar="DEVICE",
-                   help=prefix + "auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps "
-                   "(default: %(default)s)")
+                   help=prefix + "auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
 
 
 def _add_orientation_args(p: argparse.ArgumentParser) -> None:
@@ -264,12 +291,12 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
         "markups) and OUT/<case>.json (boxes, scores, candidates, prior penalty); then "
         "OUT/detections.csv, one row per landmark of every image detected in this run (case, label, "
         "x, y, z in world RAS mm, score, i, j, k in the image's voxels).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", type=Path, required=True, help="model.pt of a training run")
     p.add_argument("images", type=Path, nargs="+",
                    help="NIfTI volumes (.nii, .nii.gz), or folders: every NIfTI file directly inside")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
     _add_device_arg(p)
     _add_orientation_args(p)
@@ -379,16 +406,17 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="score a model on a dataset split",
         description="Detect on every case of a split and write the paper's metrics (detection rates, "
         "mIoU, d-mean) and a COCO-style ranked AP as JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True, help="model.pt of a training run")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR",
+                   help="dataset folder (images/, landmarks/, splits.json)")
     p.add_argument("--split", default="test", help="split of splits.json ('all' for every case)")
-    p.add_argument("--out", type=Path, required=True, help="metrics JSON file")
+    p.add_argument("--out", type=Path, required=True, metavar="JSON", help="metrics JSON file")
     _add_label_map_arg(p)
-    p.add_argument("--no-prior", dest="use_prior", action="store_false")
+    p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
     _add_device_arg(p)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
     _add_amp_arg(p)
@@ -427,17 +455,17 @@ def _register_calibrate_prior(sub: argparse._SubParsersAction) -> None:
         "per class), refit the graph prior's Gaussians with that noise included, record the prior rule, and "
         "write the model (weights unchanged) to --out. A deviation from the paper: see the book's chapter "
         "The graph prior.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", type=Path, required=True, help="model.pt of a training run")
-    p.add_argument("--data", type=Path, required=True, help="the dataset the model was trained on")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="the dataset the model was trained on")
     p.add_argument("--split", default="train", help="split of splits.json to measure on ('all' for every case)")
     _add_label_map_arg(p)
-    p.add_argument("--out", type=Path, required=True, help="model file to write (may be --model itself)")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL", help="model file to write (may be --model itself)")
     p.add_argument("--rule", choices=PRIOR_RULES, default="penalty-score", help="prior rule to record")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo refit")
     _add_device_arg(p)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=cmd_calibrate_prior)
 
 
@@ -482,16 +510,17 @@ def _register_view(sub: argparse._SubParsersAction) -> None:
         "opaque and larger with the score) and the combination the graph prior chose, on the model's grid. "
         "--screenshot writes a PNG and exits instead of opening the window. Needs a display (on a "
         "headless Linux machine: xvfb-run -a rpn-lib view ...).",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("image", type=Path, help="NIfTI volume (.nii, .nii.gz)")
     p.add_argument("--model", type=Path, default=None, help="model.pt of a training run: detect and show the candidates")
-    p.add_argument("--landmarks", type=Path, default=None, help="landmark file (.mrk.json or .csv, world mm) to draw")
+    p.add_argument("--landmarks", type=Path, default=None, metavar="FILE", help="landmark file (.mrk.json or .csv, world mm) to draw")
     _add_label_map_arg(p)
     p.add_argument("--no-prior", dest="use_prior", action="store_false",
                    help="with --model: mark the top candidate of each class instead of the graph prior's choice")
-    p.add_argument("--screenshot", type=Path, default=None, help="write this PNG and exit (no window loop)")
+    p.add_argument("--screenshot", type=Path, default=None, metavar="PNG", help="write this PNG and exit (no window loop)")
     p.add_argument("--size", type=_size_wxh, default="800x600", metavar="WxH",
-                   help="screenshot size in pixels (default: 800x600)")
+                   help="screenshot size in pixels")
     p.add_argument("--2d", dest="two_d", action="store_true", help="slice view instead of the 3D rendering")
     _add_device_arg(p, "with --model: ")
     _add_orientation_args(p)
@@ -633,25 +662,26 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
         "matmul, levers (bf16, channels_last_3d, inference_mode, batch, threads, torch.compile) and peer "
         "models at the same input. Prints a table and writes JSON. At full scale (--preset all) it takes "
         "about 10-20 minutes on 2 CPU cores; run it on an otherwise idle machine.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--preset", choices=[*sorted(PRESETS), "all"], default="cpu-small", help="preset(s) to measure")
     p.add_argument("--model", type=Path, default=None,
                    help="a trained model.pt (used for its own preset; default: random weights)")
-    p.add_argument("--sizes", type=_size_list, default=None,
+    p.add_argument("--sizes", type=_size_list, default=None, metavar="SIDES",
                    help="cube sides of the size-scaling table, or none (default: 64,96,128,160; --quick: 16,24)")
-    p.add_argument("--size-width", type=_positive_int, default=None,
+    p.add_argument("--size-width", type=_positive_int, default=None, metavar="WIDTH",
                    help="first-block width of the size-scaling model (default: 32; --quick: 2)")
-    p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per measurement (median reported), and rounds of the peer comparison")
-    p.add_argument("--train-repeats", type=_positive_int, default=3, help="timed training steps")
-    p.add_argument("--out", type=Path, default=Path("results/bench.json"), help="JSON file to write")
-    p.add_argument("--markdown", type=Path, default=None, help="also write the printed table to this file")
+    p.add_argument("--repeats", type=_positive_int, default=5, metavar="N",
+                   help="timed runs per measurement (median reported), and rounds of the peer comparison")
+    p.add_argument("--train-repeats", type=_positive_int, default=3, metavar="N", help="timed training steps")
+    p.add_argument("--out", type=Path, default=Path("results/bench.json"), metavar="JSON", help="JSON file to write")
+    p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write the printed table to this file")
     p.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (a smoke test, not a measurement)")
     p.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
-    p.add_argument("--peers", type=_peer_list, default="all",
+    p.add_argument("--peers", type=_peer_list, default="all", metavar="NAMES",
                    help="comparison models measured at the same input, comma-separated (igrpn-1conv, heatmap, "
                    "ssd, faster-rcnn, retinanet), all, or none")
-    p.add_argument("--accuracy-data", type=Path, default=None,
+    p.add_argument("--accuracy-data", type=Path, default=None, metavar="DIR",
                    help="dataset folder: compare d-mean of --model in fp32 and autocast on its test split")
     _add_device_arg(p)
     p.add_argument("--autocast", choices=["native", "bf16", "none"], default="native",
@@ -696,22 +726,22 @@ def _register_replicate(sub: argparse._SubParsersAction) -> None:
         "RESULTS/tables.json. Methods: rpn ssd faster-rcnn heatmap retinanet-monai (rpn and ssd are trained "
         "with and without the IoU-balanced loss; rpn also with the eye sides named by the face's handedness, "
         "on all 64 anchor shapes and on the 4 cubes).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--data", type=Path, default=Path("data/synth-cpu-small"), help="dataset folder (rpn-lib synth)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    p.add_argument("--data", type=Path, default=Path("data/synth-cpu-small"), metavar="DIR", help="dataset folder (rpn-lib synth)")
+    p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR", help="results folder")
     p.add_argument("--methods", nargs="+", default=["all"], metavar="METHOD",
                    help="methods to run: rpn ssd faster-rcnn heatmap retinanet-monai, or all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED", help="seeds per method")
     p.add_argument("--steps", type=int, default=None, help="training steps of every detector (default: the preset's)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small", help="preset of every run")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
                    help="autocast precision of training: bf16 (the shipped runs') is native and faster than fp32 "
                    "only on CPUs with AVX512-BF16 or AMX (and on recent GPUs); auto: bf16 where native, else fp32")
     _add_device_arg(p)
     p.add_argument("--dry-run", action="store_true", help="print what is done and what is missing, change nothing")
     p.add_argument("--tables-only", action="store_true", help="train and evaluate nothing; rewrite the tables")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     p.set_defaults(func=cmd_replicate)
 
 
