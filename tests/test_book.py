@@ -7,6 +7,7 @@ a script from the network, and, in headless Chromium, that math and widgets rend
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -68,7 +69,7 @@ def _markdown_tables_printed(chapter: str) -> int:
 
 
 def test_pages_load_the_books_stylesheet(built_book: Path) -> None:
-    assert "div.cell_output pre" in (built_book / "_static" / "ig-rpn.css").read_text()
+    assert "div.cell_input pre" in (built_book / "_static" / "ig-rpn.css").read_text()
     for chapter in _chapters():
         assert '_static/ig-rpn.css' in (built_book / f"{chapter}.html").read_text(), chapter
 
@@ -87,13 +88,51 @@ def test_tables_that_cells_print_render_as_tables(built_book: Path) -> None:
     assert checked  # chapters 1 to 3 print tables
 
 
-def _render(page: Path, tmp: Path) -> tuple[str, np.ndarray]:
+_OVERFLOW_PROBE = """<script>
+setTimeout(() => {
+  const wide = [...document.querySelectorAll("div.cell_input pre, div.cell_output pre")]
+    .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
+    .map(pre => pre.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), ""));
+  const out = document.createElement("pre");
+  out.id = "overflow-probe";
+  out.textContent = JSON.stringify(wide);
+  document.body.appendChild(out);
+}, 3000);
+</script>"""
+"""Appended to a chapter's page: after 3 s (of Chromium's virtual time), lists the longest line
+of every code cell or output that is wider than its box."""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it)")
+def test_code_and_outputs_fit_the_text_column(built_book: Path, tmp_path: Path) -> None:
+    """At a 1366-pixel-wide window (a common laptop screen), no code cell of any chapter is
+    wider than the text column (it would scroll sideways), and printed outputs wrap."""
+    wide: dict[str, list[str]] = {}
+    for chapter in _chapters():
+        page = built_book / f"{chapter}.html"
+        probe = page.with_name(f"_probe_{page.name}")
+        probe.write_text(page.read_text().replace("</body>", _OVERFLOW_PROBE + "</body>"))
+        dom, _ = _render(probe, tmp_path, window=(1366, 900), screenshot=False)
+        found = re.search(r'<pre id="overflow-probe">(.*?)</pre>', dom, flags=re.S)
+        assert found, f"{chapter}: the probe did not run"
+        lines = json.loads(html.unescape(found.group(1)))
+        if lines:
+            wide[chapter] = [f"{len(line)} chars: {line.strip()[:70]}" for line in lines]
+    assert not wide, json.dumps(wide, indent=1, ensure_ascii=False)
+
+
+def _render(page: Path, tmp: Path, window: tuple[int, int] = (1280, 1600),
+            screenshot: bool = True) -> tuple[str, np.ndarray | None]:
+    """The page's DOM after its scripts ran, and a screenshot (RGBA array) unless not wanted."""
     from matplotlib.image import imread
 
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-             f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,1600", "--virtual-time-budget=15000"]
+             f"--user-data-dir={tmp / 'profile'}", f"--window-size={window[0]},{window[1]}",
+             "--virtual-time-budget=15000"]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    if not screenshot:
+        return dom, None
     shot = tmp / f"{page.stem}.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     return dom, imread(shot)
