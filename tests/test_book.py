@@ -45,6 +45,19 @@ def _chapters() -> list[str]:
     return [c["file"] for c in toc["chapters"] if c["file"].startswith("notebooks/")]
 
 
+CODE_COLUMNS = 88
+"""Longest code line of a chapter: what the book's stylesheet fits in its text column."""
+
+
+def test_chapter_code_lines_fit_the_column() -> None:
+    long = [f"{chapter} {cell['id']}: {len(line)} chars"
+            for chapter in _chapters()
+            for cell in json.loads((ROOT / f"{chapter}.ipynb").read_text())["cells"]
+            if cell["cell_type"] == "code"
+            for line in "".join(cell["source"]).splitlines() if len(line) > CODE_COLUMNS]
+    assert not long, long
+
+
 def test_every_chapter_is_built(built_book: Path) -> None:
     for chapter in _chapters():
         assert (built_book / f"{chapter}.html").exists(), chapter
