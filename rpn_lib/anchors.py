@@ -98,8 +98,8 @@ def anchor_grid(feature_shape: Sequence[int], stride: int, base_sizes_vox: Seque
 
 def preset_anchor_grid(feature_shape: Sequence[int], stride: int, preset: Preset,
                        device: torch.device | str | None = None) -> torch.Tensor:
-    """:func:`anchor_grid` with a preset's base sizes (:attr:`Preset.anchor_base_vox`) and
-    layout (:attr:`Preset.anchor_layout`): ``(f0 * f1 * f2 * preset.num_anchors, 6)``."""
+    """:func:`anchor_grid` with a preset's base sizes (:attr:`~rpn_lib.presets.Preset.anchor_base_vox`) and
+    layout (:attr:`~rpn_lib.presets.Preset.anchor_layout`): ``(f0 * f1 * f2 * preset.num_anchors, 6)``."""
     return anchor_grid(feature_shape, stride, preset.anchor_base_vox, device=device, layout=preset.anchor_layout)
 
 

@@ -481,7 +481,7 @@ def synthetic_landmarks(preset: str | Preset, n: int = 8, seed: int = 0) -> np.n
 
 def untrained_detector(preset: str | Preset, device: str | torch.device = "auto", amp: bool = False,
                        seed: int = 0, method: str = "rpn") -> Detector:
-    """A :class:`Detector` of ``method`` (:data:`rpn_lib.methods.METHOD_NAMES`) with random
+    """A :class:`~rpn_lib.detect.Detector` of ``method`` (:data:`rpn_lib.methods.METHOD_NAMES`) with random
     weights and a graph prior fitted on synthetic landmarks: the same code path and cost as a
     trained one (NMS aside), without a model file."""
     p = get_preset(preset)
@@ -510,7 +510,7 @@ def build_model(preset: str | Preset, device: str | torch.device = "cpu", seed: 
 
 def bench_detect(detector: Detector, volume: np.ndarray, affine: np.ndarray, repeats: int = 5,
                  warmup: int = 1, use_prior: bool = True) -> dict[str, Any]:
-    """Latency of :meth:`Detector.detect` on one volume, split into its stages.
+    """Latency of :meth:`~rpn_lib.detect.Detector.detect` on one volume, split into its stages.
 
     Returns (milliseconds, medians over the timed runs): ``end_to_end`` (a :func:`time_call`
     dict of the whole ``detect`` call), ``network_ms`` (backbone + head, with the copy to the
@@ -1068,7 +1068,7 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
     """Every per-preset measurement: detection (fp32 and autocast), FLOP efficiency, training
     step (fp32 and bf16), levers and peers. ``peaks``: :func:`matmul_peak` per precision.
     ``autocast``: the reduced precisions measured (None: :func:`~rpn_lib.precision.autocast_precisions`,
-    those the device computes natively); detection uses the one :class:`Detector` takes
+    those the device computes natively); detection uses the one :class:`~rpn_lib.detect.Detector` takes
     (:func:`amp_precision`), training bf16, each where it is in the list."""
     amp = _autocast_list(device, autocast)
     loaded = load_model(model_path) if model_path is not None else None

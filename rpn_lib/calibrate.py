@@ -78,7 +78,7 @@ def calibrate_prior(model: str | Path, data: str | Path | LandmarkDataset, out: 
 
     Args:
         model: a ``model.pt`` written by training (the IG-RPN or a baseline of this library).
-        data: a dataset folder or :class:`LandmarkDataset`; the prior is refitted on the
+        data: a dataset folder or :class:`~rpn_lib.data.dataset.LandmarkDataset`; the prior is refitted on the
             landmarks of ``split`` and the noise measured on its volumes. Use data the model
             was trained on (the default ``train`` split) and keep the test split for testing:
             the error there is somewhat smaller than on new volumes, so the noise is, if

@@ -256,7 +256,7 @@ class Detector:
     def prepare(self, volume: np.ndarray, affine: np.ndarray | None = None, spacing_mm: float | None = None,
                 normalize: bool = True) -> ModelInput:
         """Validate, reorient (``axis_order``, ``flip_axes``) and resample one volume to the model grid
-        (see :func:`prepare_volume`). ``normalize=False`` leaves the intensity normalisation to
+        (see :func:`~rpn_lib.data.preprocess.prepare_volume`). ``normalize=False`` leaves the intensity normalisation to
         :meth:`detect_prepared`, which does it on the device (what :meth:`detect` does on a GPU:
         see :attr:`normalize_on_device`)."""
         volume = np.asarray(volume)

@@ -32,7 +32,7 @@ class Evaluation:
         metrics: summary (keys ``d_mean_mm``, ``d_std_mm``, ``dr35``, ``dr50``, ``dr75``,
             ``dr_50_95``, ``miou``, ``ap_coco``, ``time_ms``, ``per_landmark``...).
         case_ids: evaluated cases.
-        detections: one :class:`Detection` per case.
+        detections: one :class:`~rpn_lib.detect.Detection` per case.
         pred_boxes: ``(N, 5, 6)`` chosen boxes on each case's model grid.
         gt_boxes: ``(N, 5, 6)`` ground-truth boxes on the same grids.
         pred_world: ``(N, 5, 3)`` predicted landmarks, mm.
@@ -65,7 +65,7 @@ def evaluate(detector: Detector | str | Path, data: str | Path | LandmarkDataset
              max_cases: int | None = None) -> Evaluation:
     """Detect on every case of a split and compute the metrics.
 
-    ``data`` is a dataset folder (with ``split``), a :class:`LandmarkDataset`, or a sequence of
+    ``data`` is a dataset folder (with ``split``), a :class:`~rpn_lib.data.dataset.LandmarkDataset`, or a sequence of
     cases with ``case_id``, ``volume``, ``affine`` and ``landmarks_world`` (e.g. from
     :func:`rpn_lib.data.dataset.synthetic_split_cases`).
 

@@ -144,8 +144,8 @@ def compute_losses(
 
     Used by the IG-RPN (anchors of the fused map) and the SSD baseline (anchors of several
     maps, concatenated). Per volume: label every anchor against the five landmark-centred
-    boxes, sample ``preset.anchors_per_volume`` of them (:func:`sample_anchors`), and take
-    :func:`rpn_losses`; the batch loss is the mean over volumes.
+    boxes, sample ``preset.anchors_per_volume`` of them (:func:`~rpn_lib.anchors.sample_anchors`), and take
+    :func:`~rpn_lib.losses.rpn_losses`; the batch loss is the mean over volumes.
 
     Args:
         out_logits: ``(B, N, K+1)`` network class logits.
@@ -268,7 +268,7 @@ class RPNMethod(Method):
 
     def anchors(self, feature_shape: tuple[int, int, int], stride: int, preset: Preset,
                 device: torch.device) -> torch.Tensor:
-        """``(f0 * f1 * f2 * A, 6)`` anchors of the fused map (:func:`preset_anchor_grid`; ``A = 64``
+        """``(f0 * f1 * f2 * A, 6)`` anchors of the fused map (:func:`~rpn_lib.anchors.preset_anchor_grid`; ``A = 64``
         in the paper, 4 with ``Preset.anchor_layout = "cubes"``)."""
         return self._anchors.get((tuple(feature_shape), stride, preset.anchor_base_vox, preset.anchor_layout, str(device)),
                                  lambda: preset_anchor_grid(feature_shape, stride, preset, device=device))

@@ -193,6 +193,7 @@ PRESETS: dict[str, Preset] = {
         steps=20000, batch_size=2, anchors_per_volume=1024,
     ),
 }
+"""The two presets by name: ``cpu-small`` (the book's teaching scale) and ``paper``."""
 
 
 def get_preset(name_or_preset: "str | Preset") -> Preset:

@@ -106,6 +106,7 @@ Every ratio is scale-invariant; the set is mirror-invariant (swapping left and r
 onto itself, the symmetric ratios changing sign); every node and every edge appears."""
 
 RATIO_NAMES: tuple[str, ...] = tuple(r.name for r in RATIOS)
+"""The name of each ratio of :data:`RATIOS`, in its order (the columns of a prior's ``mu`` and ``sigma``)."""
 
 # index arrays of EDGES and RATIOS, built once (the prior scores every candidate combination)
 _EDGE_FROM = np.array([e[0] for e in EDGES])
@@ -362,9 +363,9 @@ def select_combination(cand_centres: np.ndarray, cand_scores: np.ndarray, prior:
                        pooled_eyes: bool = False, rule: str = "penalty") -> PriorResult:
     """Pick one candidate per landmark with the graph prior (Sec. 2.3).
 
-    Every combination of one candidate per class is scored by Eq. 4 (:meth:`GraphPrior.
-    log_penalty`); with ``rule="penalty"`` (the paper) the lowest penalty wins, with
-    ``rule="penalty-score"`` the lowest penalty once the candidates' scores are counted
+    Every combination of one candidate per class is scored by Eq. 4
+    (:meth:`GraphPrior.log_penalty`); with ``rule="penalty"`` (the paper) the lowest penalty
+    wins, with ``rule="penalty-score"`` the lowest penalty once the candidates' scores are counted
     (:func:`combination_cost` says how, and why). Ties are broken by the higher sum of
     candidate scores, then by enumeration order (candidate 0 of each class first). With the
     top-2 candidates of 5 classes there are ``2^5 = 32`` combinations (NOTES item 2: the

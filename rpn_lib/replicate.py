@@ -70,9 +70,9 @@ class Variant:
     """One trained configuration: its run-folder name, method, loss, eye-side rule and anchors.
 
     ``eye_sides`` and ``anchor_layout`` are the only preset fields a variant changes:
-    ``eye_sides="geometry"`` (:attr:`Preset.eye_sides`) is the project's deviation that names
+    ``eye_sides="geometry"`` (:attr:`~rpn_lib.presets.Preset.eye_sides`) is the project's deviation that names
     the eyes' sides by the face's handedness, compared with the paper's learnt sides;
-    ``anchor_layout="cubes"`` (:attr:`Preset.anchor_layout`) keeps only the 4 cube anchors of
+    ``anchor_layout="cubes"`` (:attr:`~rpn_lib.presets.Preset.anchor_layout`) keeps only the 4 cube anchors of
     the paper's 64 shapes, the anchor design of the MONAI peer.
     """
 
@@ -98,6 +98,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("heatmap", "heatmap", False),
     Variant(RETINANET, RETINANET, False),
 )
+"""Every configuration the replication trains, in the order of its tables."""
 _VARIANT = {v.name: v for v in VARIANTS}
 
 

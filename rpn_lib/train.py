@@ -219,9 +219,9 @@ def train(
 
     Args:
         data: dataset folder (``images/``, ``landmarks/``, optional ``splits.json``) or a
-            :class:`LandmarkDataset`.
+            :class:`~rpn_lib.data.dataset.LandmarkDataset`.
         out: run folder (created).
-        preset: ``cpu-small``, ``paper`` or a :class:`Preset`.
+        preset: ``cpu-small``, ``paper`` or a :class:`~rpn_lib.presets.Preset`.
         steps: training steps (default: the preset's).
         seed: seeds the weights, the data order, augmentation and anchor sampling.
         resume: continue from ``out/checkpoint.pt`` exactly where it stopped.

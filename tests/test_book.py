@@ -28,6 +28,8 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["bash", str(ROOT / "scripts" / "vendor_js.sh")], cwd=ROOT, check=True)
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
     cfg["execute"]["execute_notebooks"] = "off"
+    # local extensions are found relative to the configuration file, which moves here
+    cfg["sphinx"]["local_extensions"] = {k: str(ROOT / v) for k, v in cfg["sphinx"]["local_extensions"].items()}
     out = tmp_path_factory.mktemp("book")
     cfg_path = out / "_config.yml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # keep require.js before the widget manager
@@ -56,6 +58,34 @@ def test_chapter_code_lines_fit_the_column() -> None:
             if cell["cell_type"] == "code"
             for line in "".join(cell["source"]).splitlines() if len(line) > CODE_COLUMNS]
     assert not long, long
+
+
+def test_the_librarys_quick_start_runs_as_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code of the reference's "Five landmarks from a NIfTI file", run as it is printed, in
+    a folder with the repository's models and a synthetic face saved as ``face.nii.gz``."""
+    from rpn_lib.data import synth
+    from rpn_lib.data.io import load_landmarks, save_volume
+
+    page = (ROOT / "book" / "api" / "index.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) == 1
+    case = synth.generate_from_preset(11, "cpu-small")
+    save_volume(tmp_path / "face.nii.gz", case.volume, case.affine)
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "book/api/index.md", "exec"), {})
+    found = load_landmarks(tmp_path / "face.mrk.json")
+    assert found.shape == (5, 3)
+    assert np.linalg.norm(found - case.landmarks_world, axis=1).mean() < 10  # mm: it found the face
+
+
+def test_the_reference_documents_every_module() -> None:
+    pages = "".join(p.read_text() for p in (ROOT / "book" / "api").glob("*.md"))
+    documented = set(re.findall(r"automodule:: ([\w.]+)", pages))
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+               for p in (ROOT / "rpn_lib").rglob("*.py")}
+    assert modules - documented == {"rpn_lib.cli", "rpn_lib.__main__"}  # the command line: its --help
+    assert documented <= modules
 
 
 def test_every_chapter_is_built(built_book: Path) -> None:

@@ -1,6 +1,6 @@
 """MONAI's 3D RetinaNet as an external peer: what a reader might pick instead of the IG-RPN.
 
-The peer is trained through MONAI's own detection API (:class:`RetinaNetDetector` with its
+The peer is trained through MONAI's own detection API (``RetinaNetDetector`` with its
 ATSS matcher, its hard-negative sampler and its default losses: sigmoid binary cross-entropy
 and smooth-L1 on the box deltas) on the same data, augmentation, batch size, number of steps,
 optimiser (AdamW) and learning-rate schedule (:func:`rpn_lib.train.learning_rate`) as the
@@ -34,7 +34,7 @@ volume (convolutions counted by hooks), the IG-RPN of the same preset 6.3 GMAC a
 7.7 at stride 2, so the comparison is at a similar compute budget rather than against a network
 ten times larger. It has 1.7 M parameters (the IG-RPN 1.3-1.4 M).
 
-**Anchors.** Cubes with the paper's base sizes (:attr:`Preset.anchor_base_vox`: 13, 16, 20, 28
+**Anchors.** Cubes with the paper's base sizes (:attr:`~rpn_lib.presets.Preset.anchor_base_vox`: 13, 16, 20, 28
 voxels at 1.3 mm) on the finest level, doubled and quadrupled on the next two
 (``AnchorGeneratorWithAnchorShape``, ``feature_map_scales=(1, 2, 4)``): 4 anchors per cell. The
 landmark boxes are cubes, so MONAI's elongated LUNA16 shapes would not help.
@@ -126,7 +126,7 @@ LOG_FIELDS = ("step", "lr", "loss", "cls", "box", "sec_per_step")
 
 
 class MissingPeerError(RpnLibError, ImportError):
-    """MONAI (the ``[peers]`` extra) is not installed: an :class:`RpnLibError` for the command
+    """MONAI (the ``[peers]`` extra) is not installed: an :class:`~rpn_lib.errors.RpnLibError` for the command
     line, and an ``ImportError`` for code that treats the peer as optional."""
 
 
@@ -199,7 +199,7 @@ def from_monai_boxes(boxes: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RetinaNetConfig:
-    """Every setting of the peer that is not in the :class:`Preset` (see the module docstring).
+    """Every setting of the peer that is not in the :class:`~rpn_lib.presets.Preset` (see the module docstring).
 
     Attributes:
         layers: basic blocks per ResNet layer (ResNet-18 layout).
@@ -567,8 +567,9 @@ class RetinaNetPeerDetector(Detector):
         detector: a MONAI ``RetinaNetDetector`` (from :func:`build_retinanet`), trained.
         preset: the preset it was trained with.
         prior: the graph prior fitted on its training landmarks.
-        device, amp, pre_nms_top_n, keep_candidates, axis_order, flip_axes, prior_rule,
-            fast_inference: as for :class:`~rpn_lib.detect.Detector`.
+        device: as for :class:`~rpn_lib.detect.Detector`, and so are ``amp``,
+            ``pre_nms_top_n``, ``keep_candidates``, ``axis_order``, ``flip_axes``,
+            ``prior_rule`` and ``fast_inference``.
         meta: the model file's metadata.
     """
 

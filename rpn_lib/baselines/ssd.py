@@ -75,7 +75,7 @@ def ssd_level_base_sizes(base_sizes_vox: Sequence[float], n_levels: int = 2) -> 
 
 def ssd_anchors(feature_shapes: Sequence[Sequence[int]], strides: Sequence[int],
                 level_base_sizes: Sequence[Sequence[float]], device: torch.device | str | None = None) -> torch.Tensor:
-    """All anchors of all levels, level by level, each in :func:`anchor_grid` order.
+    """All anchors of all levels, level by level, each in :func:`~rpn_lib.anchors.anchor_grid` order.
 
     Returns:
         ``(sum_l f_l * A_l, 6)`` anchors as cz, cy, cx, d, h, w in input voxels.

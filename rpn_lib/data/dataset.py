@@ -203,7 +203,7 @@ class LandmarkDataset:
             yield self[i]
 
     def validate(self, progress: bool = False) -> None:
-        """Load every case once; raise the first :class:`DataError` found."""
+        """Load every case once; raise the first :class:`~rpn_lib.errors.DataError` found."""
         for i in tqdm(range(len(self)), desc="validate", disable=not progress):
             self[i]
 
@@ -349,7 +349,7 @@ def write_synthetic_dataset(
         n_test: cases in the random test split; the others are the train split.
         seed: dataset seed: per-case seeds (:func:`case_seeds`) and the split
             (:func:`random_split`) derive from it.
-        preset: preset name or :class:`Preset` (spacing and shape of the volumes).
+        preset: preset name or :class:`~rpn_lib.presets.Preset` (spacing and shape of the volumes).
         difficulty: the generator's difficulty level (see :mod:`rpn_lib.data.synth`).
         progress: show a progress bar.
         overwrite: replace the dataset files (images/, landmarks/, splits.json, synth.json,

@@ -679,6 +679,7 @@ class FaceGeometry:
         rotation: ``(3, 3)`` local -> world rotation; its columns are the fetus's right,
             anterior and superior directions in world coordinates.
         translation_mm: ``(3,)`` world position of the local origin (between the eyes).
+        scale: unit face -> millimetres (set from ``subject.face_height_mm``).
     """
 
     subject: SubjectParams

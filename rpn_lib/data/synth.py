@@ -110,7 +110,7 @@ def sample_scene(seed: int, fov_mm: Sequence[float], difficulty: str = "standard
     Args:
         seed: case seed.
         fov_mm: extent of the volume (mm) per axis, centred at the origin.
-        difficulty: a key of :data:`DIFFICULTIES`.
+        difficulty: a key of :data:`~rpn_lib.data.ultrasound.DIFFICULTIES`.
         **overrides: ``ga_weeks``, ``variability`` (of the anatomy), ``distractor_prob``,
             ``max_tilt_deg``, ``rotation`` ((3, 3) local -> world), ``translation_mm``,
             ``hand`` / ``cord`` (bool: force a distractor on or off), ``margin_mm``.
@@ -188,7 +188,7 @@ def generate_case(seed: int, spacing_mm: float = 2.6, shape_vox: Sequence[int] =
         seed: integer seed; the same arguments give the same bytes.
         spacing_mm: isotropic voxel spacing (2.6 mm for ``cpu-small``, 1.3 mm for ``paper``).
         shape_vox: ``(D, H, W)``.
-        difficulty: ``"easy"``, ``"standard"`` or ``"hard"`` (see :data:`DIFFICULTIES`).
+        difficulty: ``"easy"``, ``"standard"`` or ``"hard"`` (see :data:`~rpn_lib.data.ultrasound.DIFFICULTIES`).
         case_id: name stored in the case (default ``"synth_<seed>"``).
         **overrides: scene overrides of :func:`sample_scene` and any field of
             :class:`rpn_lib.data.ultrasound.Acquisition` (e.g. ``speckle=0.0``).

@@ -704,7 +704,7 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
       the same 3,800 steps), its comparison under :data:`BUDGET_SETTING` decides, and the
       Table 1 comparison is quoted beside it; otherwise, with ``tables``, Table 1's (2,400
       steps, 3 seeds; the shipped recipe, eye sides by handedness and cube anchors, when its
-      runs exist, else the paper's recipe). When the benchmark has the :data:`ONE_CONV_PEER`
+      runs exist, else the paper's recipe). When the benchmark has the :data:`~rpn_lib.bench.ONE_CONV_PEER`
       row (the IG-RPN with one conv in block 1, a deviation), a second row per preset checks
       that model: its time against RetinaNet's in the same run, its accuracy from the
       budget file's comparison of :data:`BUDGET_1CONV` with :data:`BUDGET_PEER`;

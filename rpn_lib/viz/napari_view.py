@@ -32,7 +32,7 @@ BLANK_LEVEL = 20
 
 
 def _class_rgba(classes: np.ndarray, alpha: np.ndarray | float = 1.0) -> np.ndarray:
-    """``(N, 4)`` RGBA in [0, 1] of class indices ``(N,)`` from :data:`CLASS_COLORS`."""
+    """``(N, 4)`` RGBA in [0, 1] of class indices ``(N,)`` from :data:`~rpn_lib.viz.planes.CLASS_COLORS`."""
     classes = np.asarray(classes, dtype=int).reshape(-1)
     palette = np.array([to_rgba(c) for c in CLASS_COLORS])
     rgba = palette[classes % len(CLASS_COLORS)].copy()
@@ -90,7 +90,7 @@ def add_boxes(viewer, boxes_vox: np.ndarray, classes: np.ndarray | Sequence[int]
 
     Colour: the layer's ``features`` hold ``class`` (index), ``landmark`` (name), ``box`` (row
     of ``boxes_vox``) and ``score`` per shape; ``edge_color`` is the class colour of
-    :data:`CLASS_COLORS` set per shape (direct colours rather than napari's categorical
+    :data:`~rpn_lib.viz.planes.CLASS_COLORS` set per shape (direct colours rather than napari's categorical
     cycle, so that the colour of a class never depends on which classes a layer holds, and
     so that the alpha can carry the score: 0.35 at score 0 to 1 at score 1).
 
