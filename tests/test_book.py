@@ -100,6 +100,25 @@ def test_no_page_loads_scripts_from_the_network(built_book: Path) -> None:
         assert not remote, f"{page.name} loads {remote}"
 
 
+def test_chapters_link_the_librarys_names_to_the_reference(built_book: Path) -> None:
+    page = (built_book / "notebooks" / "04_iou_balanced_loss.html").read_text()
+    link = re.search(r'href="([^"#]+)#(rpn_lib\.losses\.iou_balanced_weights)"', page)
+    assert link, "the chapter's `rpn_lib.losses.iou_balanced_weights` is not a link"
+    target = (built_book / "notebooks" / link.group(1)).resolve()
+    assert f'id="{link.group(2)}"' in target.read_text()
+    unlinked, linked = set(), 0
+    for chapter in _chapters():
+        text = (built_book / f"{chapter}.html").read_text()
+        for m in re.finditer(r'(<a [^>]*>)?<code class="docutils literal notranslate"><span class="pre">'
+                             r'(rpn_lib\.[\w.]+)(?:\(\))?</span></code>', text):
+            if m.group(1):
+                linked += 1
+            else:
+                unlinked.add(m.group(2))
+    assert unlinked <= {"rpn_lib.cli"}, unlinked  # the command line: its --help, not the reference
+    assert linked > 100
+
+
 def _markdown_tables_printed(chapter: str) -> int:
     """How many ``text/markdown`` outputs of a chapter hold a Markdown table."""
     nb = json.loads((ROOT / f"{chapter}.ipynb").read_text())

@@ -56,6 +56,7 @@ half the largest landmark box (15.6 mm) plus 10 mm (at 2.6 mm: 3.5 voxels beyond
 the outermost voxel centres)."""
 
 DIFFICULTIES = us.DIFFICULTIES
+"""The named difficulty levels: :data:`rpn_lib.data.ultrasound.DIFFICULTIES`, here too."""
 
 _SCENE_KEYS = {"ga_weeks", "variability", "distractor_prob", "max_tilt_deg", "rotation",
                "translation_mm", "hand", "cord", "margin_mm"}
