@@ -228,7 +228,22 @@ class Detector:
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "auto", **kw: Any) -> "Detector":
-        """Load ``model.pt`` and wrap it."""
+        """Load ``model.pt`` and wrap it.
+
+        Args:
+            path: a model file written by training (``RUN/model.pt``).
+            device: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"``,
+                ``"cuda:N"`` or ``"mps"``.
+            **kw: the other arguments of :class:`Detector` (``amp``, ``axis_order``,
+                ``flip_axes``, ``prior_rule``, ...).
+
+        Returns:
+            The detector, its network on ``device`` in evaluation mode.
+
+        Raises:
+            ModelError: the file is missing, not a model file, or damaged.
+            DeviceError: ``device`` is not available here.
+        """
         return cls(load_model(path), device=device, **kw)
 
     @property
@@ -296,8 +311,18 @@ class Detector:
             volume: ``(D, H, W)`` image, any intensity range.
             affine: ``(4, 4)`` voxel -> world mm; or give ``spacing_mm`` for an isotropic
                 volume at the origin.
+            spacing_mm: the voxel size of an isotropic volume without ``affine``.
             use_prior: choose among the top-2 candidates with the graph prior (Sec. 2.3);
                 False takes the top-scoring candidate of each class.
+
+        Returns:
+            The five landmarks (world RAS mm and the volume's voxels), their boxes, scores
+            and candidates, and the time each stage took.
+
+        Raises:
+            DataError: the volume is not 3D, holds NaN or infinite values, is under 16
+                model voxels per side, or gives no candidate for some landmark.
+            ValueError: neither ``affine`` nor ``spacing_mm`` is given.
         """
         inp = self.prepare(volume, affine, spacing_mm, normalize=not self.normalize_on_device)
         in_affine = np.asarray(affine if affine is not None else np.diag([spacing_mm] * 3 + [1.0]), dtype=np.float64)
