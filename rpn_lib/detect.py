@@ -330,7 +330,16 @@ class Detector:
 
     @torch.inference_mode()
     def detect_batch(self, volumes: list[np.ndarray], affines: list[np.ndarray], use_prior: bool = True) -> list[Detection]:
-        """Detect in several volumes; volumes of the same model-grid shape share a forward pass."""
+        """Detect in several volumes; volumes of the same model-grid shape share a forward pass.
+
+        Args:
+            volumes: ``(D, H, W)`` images.
+            affines: their ``(4, 4)`` voxel -> world mm affines.
+            use_prior: as for :meth:`detect`.
+
+        Returns:
+            One :class:`Detection` per volume, in order.
+        """
         inputs = [self.prepare(v, a, normalize=not self.normalize_on_device) for v, a in zip(volumes, affines)]
         return self.detect_prepared(inputs, [np.asarray(a, dtype=np.float64) for a in affines], use_prior)
 

@@ -65,12 +65,25 @@ def evaluate(detector: Detector | str | Path, data: str | Path | LandmarkDataset
              max_cases: int | None = None) -> Evaluation:
     """Detect on every case of a split and compute the metrics.
 
-    ``data`` is a dataset folder (with ``split``), a :class:`~rpn_lib.data.dataset.LandmarkDataset`, or a sequence of
-    cases with ``case_id``, ``volume``, ``affine`` and ``landmarks_world`` (e.g. from
-    :func:`rpn_lib.data.dataset.synthetic_split_cases`).
-
     ``time_ms`` is the median wall time per volume of network + candidates + prior (after the
     first volume, which pays for warm-up), on this machine.
+
+    Args:
+        detector: a :class:`~rpn_lib.detect.Detector`, or the path of a model file.
+        data: a dataset folder (read with ``split``), a
+            :class:`~rpn_lib.data.dataset.LandmarkDataset`, or a sequence of cases with
+            ``case_id``, ``volume``, ``affine`` and ``landmarks_world`` (e.g. from
+            :func:`rpn_lib.data.dataset.synthetic_split_cases`).
+        split: the split of a dataset folder's ``splits.json`` (``None``: every case).
+        use_prior: choose with the graph prior (False: the top candidate of each class).
+        progress: show a progress bar.
+        max_cases: evaluate only the first this many cases.
+
+    Returns:
+        The metrics and, per case, the detections and boxes (:class:`Evaluation`).
+
+    Raises:
+        DataError: there is no case to evaluate.
     """
     det = detector if isinstance(detector, Detector) else Detector.from_file(detector)
     ds = data if isinstance(data, (LandmarkDataset, list, tuple)) else LandmarkDataset(data, split=split)
