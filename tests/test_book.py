@@ -119,6 +119,18 @@ def test_chapters_link_the_librarys_names_to_the_reference(built_book: Path) -> 
     assert linked > 100
 
 
+def test_the_command_line_page_prints_every_commands_help(built_book: Path) -> None:
+    from rpn_lib.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    page = (ROOT / "book" / "api" / "cli.md").read_text()
+    assert sorted(re.findall(r"```\{rpn-lib-help\} ([\w-]+)", page)) == sorted(sub.choices)
+    built = html.unescape(re.sub(r"<[^>]+>", "", (built_book / "book" / "api" / "cli.html").read_text()))
+    for command in sub.choices:
+        assert f"usage: rpn-lib {command} [-h]" in built, command
+    assert "--checkpoint-every STEPS" in built and "(default: None)" not in built
+
+
 def _markdown_tables_printed(chapter: str) -> int:
     """How many ``text/markdown`` outputs of a chapter hold a Markdown table."""
     nb = json.loads((ROOT / f"{chapter}.ipynb").read_text())
@@ -152,7 +164,7 @@ def test_tables_that_cells_print_render_as_tables(built_book: Path) -> None:
 
 _OVERFLOW_PROBE = """<script>
 setTimeout(() => {
-  const wide = [...document.querySelectorAll("div.cell_input pre, div.cell_output pre")]
+  const wide = [...document.querySelectorAll("div.cell_input pre, div.cell_output pre, div.highlight-text pre")]
     .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
     .map(pre => pre.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), ""));
   const out = document.createElement("pre");
@@ -167,10 +179,11 @@ of every code cell or output that is wider than its box."""
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it)")
 def test_code_and_outputs_fit_the_text_column(built_book: Path, tmp_path: Path) -> None:
-    """At a 1366-pixel-wide window (a common laptop screen), no code cell of any chapter is
-    wider than the text column (it would scroll sideways), and printed outputs wrap."""
+    """At a 1366-pixel-wide window (a common laptop screen), no code cell of any chapter, and
+    no command's help in the reference, is wider than the text column (it would scroll
+    sideways); printed outputs wrap."""
     wide: dict[str, list[str]] = {}
-    for chapter in _chapters():
+    for chapter in [*_chapters(), "book/api/cli"]:
         page = built_book / f"{chapter}.html"
         probe = page.with_name(f"_probe_{page.name}")
         probe.write_text(page.read_text().replace("</body>", _OVERFLOW_PROBE + "</body>"))

@@ -9,16 +9,21 @@
   (```rpn_lib.losses.iou_balanced_weights``` in a chapter's text, with or without ``()``)
   becomes a link to its entry, so that a reader goes from a chapter to the function in one
   click. The chapters stay plain Markdown, readable as they are in Jupyter.
+* The directive ``rpn-lib-help`` prints the ``--help`` of one ``rpn-lib`` command (or, with no
+  argument, of ``rpn-lib`` itself) as the installed package gives it, at 88 columns: the
+  reference of the command line cannot drift from the code.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from typing import Any
 
 from docutils import nodes
 from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
 
 _PROSE = ("data", "attribute", "property")
 _saved: dict[str, list[str]] = {}
@@ -80,9 +85,47 @@ def _link_full_names(app: Sphinx, doctree: nodes.document, docname: str) -> None
         link.append(literal)
 
 
+HELP_COLUMNS = 88
+"""Width of the printed help: the book's code column."""
+
+
+def command_help(command: str | None) -> str:
+    """``rpn-lib [COMMAND] --help`` as text, wrapped at :data:`HELP_COLUMNS`."""
+    from rpn_lib.cli import build_parser
+
+    parser = build_parser()
+    if command:
+        sub = next(a for a in parser._actions if a.dest == "command")
+        if command not in sub.choices:
+            raise ValueError(f"rpn-lib has no command {command!r}")
+        parser = sub.choices[command]
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_COLUMNS)  # argparse reads the width from it
+    try:
+        return parser.format_help()
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+
+
+class CommandHelp(SphinxDirective):
+    """``rpn-lib-help [COMMAND]``: the command's ``--help`` as a literal block."""
+
+    optional_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        text = command_help(self.arguments[0] if self.arguments else None)
+        block = nodes.literal_block(text, text)
+        block["language"] = "text"
+        return [block]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.napoleon")
     app.connect("autodoc-process-docstring", _save, priority=400)  # Napoleon runs at 500
     app.connect("autodoc-process-docstring", _restore, priority=600)
     app.connect("doctree-resolved", _link_full_names)
+    app.add_directive("rpn-lib-help", CommandHelp)
     return {"parallel_read_safe": False, "parallel_write_safe": True}
