@@ -61,7 +61,6 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown.replace('%', '%%')})"
 
 
-
 # --------------------------------------------------------------------------------------------
 # synth
 # --------------------------------------------------------------------------------------------
@@ -131,7 +130,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    "rpn only; default: the preset's)")
     p.add_argument("--split", default="train", help="split of splits.json to train on ('all' for every case)")
     _add_label_map_arg(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order, the augmentation and the anchor sampling")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the weights, the data order, the augmentation and the anchor sampling")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start again over a run already in RUN (its model.pt, checkpoint.pt, log.csv and train.json "
@@ -780,6 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
         register(sub)
     _register_replicate(sub)
     return parser
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Each command's parser by name, in the order ``rpn-lib --help`` lists them."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
 
 
 def _fold(message: object) -> str:

@@ -380,10 +380,9 @@ def test_bad_method_settings_in_a_model_file(tmp_path: Path) -> None:
 
 def test_cli_train_passes_the_method(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import rpn_lib.train as train_module
-    from rpn_lib.cli import build_parser, main
+    from rpn_lib.cli import command_parsers, main
 
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    choices = next(a.choices for a in sub.choices["train"]._actions if a.dest == "method")
+    choices = next(a.choices for a in command_parsers()["train"]._actions if a.dest == "method")
     assert tuple(choices) == METHOD_NAMES
     seen = {}
 

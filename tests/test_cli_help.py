@@ -7,15 +7,10 @@ import re
 
 import pytest
 
-from rpn_lib.cli import HelpFormatter, build_parser
+from rpn_lib.cli import HelpFormatter, command_parsers
 
 
-def _subparsers() -> dict[str, argparse.ArgumentParser]:
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
-
-
-COMMANDS = sorted(_subparsers())
+COMMANDS = sorted(command_parsers())
 
 
 def test_every_command_is_listed() -> None:
@@ -25,7 +20,7 @@ def test_every_command_is_listed() -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_option_has_help_and_one_default(command: str) -> None:
-    parser = _subparsers()[command]
+    parser = command_parsers()[command]
     assert parser.formatter_class is HelpFormatter
     for action in parser._actions:
         assert action.help, f"{command} {action.option_strings or action.dest} has no help"
@@ -54,5 +49,5 @@ def test_defaults_print_as_they_are_typed() -> None:
 def test_written_out_choices_match_the_library() -> None:
     from rpn_lib.data.ultrasound import DIFFICULTIES
 
-    difficulty = next(a for a in _subparsers()["synth"]._actions if a.dest == "difficulty")
+    difficulty = next(a for a in command_parsers()["synth"]._actions if a.dest == "difficulty")
     assert sorted(difficulty.choices) == sorted(DIFFICULTIES)

@@ -61,7 +61,8 @@ def _canonical(name: str) -> str | None:
 
 def _reexported(objects: dict[str, Any], name: str) -> Any:
     """The one entry below ``name``'s package with ``name``'s last part (a constant re-exported
-    by a package, such as ``rpn_lib.viz.CLASS_COLORS``), or None."""
+    by a package, such as ``rpn_lib.viz.CLASS_COLORS``: it has no ``__module__`` for
+    :func:`_canonical` to follow), or None."""
     package, _, last = name.rpartition(".")
     found = [v for k, v in objects.items() if k.startswith(package + ".") and k.endswith("." + last)]
     return found[0] if len(found) == 1 else None
@@ -91,14 +92,11 @@ HELP_COLUMNS = 88
 
 def command_help(command: str | None) -> str:
     """``rpn-lib [COMMAND] --help`` as text, wrapped at :data:`HELP_COLUMNS`."""
-    from rpn_lib.cli import build_parser
+    from rpn_lib.cli import build_parser, command_parsers
 
-    parser = build_parser()
-    if command:
-        sub = next(a for a in parser._actions if a.dest == "command")
-        if command not in sub.choices:
-            raise ValueError(f"rpn-lib has no command {command!r}")
-        parser = sub.choices[command]
+    parser = command_parsers().get(command) if command else build_parser()
+    if parser is None:
+        raise ValueError(f"rpn-lib has no command {command!r}")
     before = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(HELP_COLUMNS)  # argparse reads the width from it
     try:
