@@ -70,7 +70,7 @@ from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import world_to_voxel
 from rpn_lib.data.preprocess import prepare_volume
 from rpn_lib.data.synth import generate_case, sample_scene
-from rpn_lib.detect import Detector
+from rpn_lib.detect import GPU_READ_AHEAD, Detector
 from rpn_lib.device import resolve_device
 from rpn_lib.errors import RpnLibError
 from rpn_lib.fileio import atomic_write, atomic_write_json
@@ -547,6 +547,80 @@ def bench_detect(detector: Detector, volume: np.ndarray, affine: np.ndarray, rep
         "grid_shape": [int(s) for s in grid], "n_anchors": n_anchors, "use_prior": use_prior,
         "repeats": repeats, "warmup": warmup, "memory": t["memory"],
     }
+
+
+# --------------------------------------------------------------------------------------------
+# reading files ahead
+# --------------------------------------------------------------------------------------------
+
+READ_AHEAD_FINER = 1.5
+""":func:`bench_read_ahead` writes its files at the model's spacing divided by this, so that
+reading one means resampling it, as for a scanner's volume (finer than the model's grid)."""
+
+
+def _detect_files_ms(detector: Detector, paths: Sequence[Path], depth: int) -> float:
+    """Wall time per file of :meth:`~rpn_lib.detect.Detector.detect_files` over ``paths``."""
+    t0 = time.perf_counter()
+    for item in detector.detect_files(paths, read_ahead_files=depth):
+        if item.error is not None:
+            raise item.error
+    _sync(detector.device)
+    return (time.perf_counter() - t0) * 1e3 / len(paths)
+
+
+def bench_read_ahead(detector: Detector, volume: np.ndarray, affine: np.ndarray, n_files: int = 4,
+                     rounds: int = 3, depths: Sequence[int] = (0, 1, GPU_READ_AHEAD),
+                     finer: float = READ_AHEAD_FINER) -> dict[str, Any]:
+    """Detection throughput over NIfTI files (:meth:`~rpn_lib.detect.Detector.detect_files`,
+    what ``rpn-lib detect`` runs) with each number of files read ahead in ``depths`` (0: each
+    file read in turn).
+
+    ``volume`` is resampled ``finer`` times finer than the model's spacing and written as
+    ``.nii.gz``, then copied to ``n_files`` files in a temporary folder. Each round times every
+    setting over all files, the order reversed every other round.
+
+    Returns (milliseconds per file, medians over the rounds): ``read_ms`` (reading and
+    resampling one file alone, :meth:`~rpn_lib.detect.Detector.read`), ``rows`` (per depth:
+    ``ms_per_file``, ``x_in_turn``, the median of the per-round ratios in-turn / this
+    setting, above 1 when faster, and ``x_range``), ``default_depth`` (the detector's
+    :attr:`~rpn_lib.detect.Detector.read_ahead_files`), ``ideal_x`` (in-turn over in-turn
+    without the reading: the ratio if reading were wholly hidden), the file's ``file_shape``
+    and ``file_mb`` on disk.
+    """
+    import shutil
+    import tempfile
+
+    from rpn_lib.data.geometry import resample_to_spacing
+    from rpn_lib.data.io import save_volume
+
+    depths = sorted(set(depths) | {0})
+    fine, fine_affine = resample_to_spacing(volume, affine, detector.preset.spacing_mm / finer, order=1)
+    with tempfile.TemporaryDirectory(prefix="rpn-lib-bench-") as tmp:
+        first = save_volume(Path(tmp) / "case_0.nii.gz", fine.astype(np.float32), fine_affine)
+        paths = [first] + [Path(shutil.copy(first, Path(tmp) / f"case_{i}.nii.gz")) for i in range(1, n_files)]
+        _detect_files_ms(detector, paths[:2], 0)  # warm-up: caches, anchors, the file in the page cache
+        read_ms = statistics.median(_time_ms(lambda: detector.read(first)) for _ in range(3))
+        times: dict[int, list[float]] = {d: [] for d in depths}
+        for r in range(rounds):
+            for d in (depths if r % 2 == 0 else depths[::-1]):
+                times[d].append(_detect_files_ms(detector, paths, d))
+        mb = first.stat().st_size / 2**20
+    rows = []
+    for d in depths:
+        x, span, _ = _paired(times[d], times[0])
+        rows.append({"depth": d, "ms_per_file": _r(statistics.median(times[d])), "x_in_turn": x, "x_range": span})
+    in_turn = statistics.median(times[0])
+    return {"n_files": n_files, "rounds": rounds, "file_shape": [int(v) for v in fine.shape], "file_mb": _r(mb, 2),
+            "read_ms": _r(read_ms), "rows": rows, "default_depth": detector.read_ahead_files,
+            "ideal_x": _r(in_turn / max(in_turn - read_ms, 1e-9)),
+            "precision": amp_precision(detector.device) if detector.amp else "fp32"}
+
+
+def _time_ms(fn: Callable[[], Any]) -> float:
+    """Wall time of one call of ``fn``, in milliseconds."""
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 # --------------------------------------------------------------------------------------------
@@ -1065,7 +1139,7 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
                  threads: Sequence[int] = (), compile: bool = False, seed: int = 0,
                  peers: Sequence[str] = tuple(PEERS), log: Callable[[str], None] = lambda s: None,
                  autocast: Sequence[str] | None = None) -> dict[str, Any]:
-    """Every per-preset measurement: detection (fp32 and autocast), FLOP efficiency, training
+    """Every per-preset measurement: detection (fp32 and autocast), reading files ahead, FLOP efficiency, training
     step (fp32 and bf16), levers and peers. ``peaks``: :func:`matmul_peak` per precision.
     ``autocast``: the reduced precisions measured (None: :func:`~rpn_lib.precision.autocast_precisions`,
     those the device computes natively); detection uses the one :class:`~rpn_lib.detect.Detector` takes
@@ -1086,6 +1160,9 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
         log(f"{preset.name}: detect {prec}")
         det = _bench_detector(loaded, p, device, prec, seed)
         res["detect"][prec] = bench_detect(det, case.volume, case.affine, repeats, warmup)
+        if prec == precisions[-1]:  # the fastest: where the reading would show most
+            log(f"{preset.name}: reading files ahead, {prec}")
+            res["read_ahead"] = bench_read_ahead(det, case.volume, case.affine, rounds=repeats)
         del det
         gc.collect()
     grid = tuple(res["detect"]["fp32"]["grid_shape"])
@@ -1411,6 +1488,22 @@ def format_report(result: dict[str, Any]) -> str:
     out += ["", "## Detection latency per volume (Detector.detect, ms)", ""]
     out += _table(["preset", "precision", "grid", "end to end", "network", "candidates", "prior", "other",
                    "cand.+prior", "peak MB"], rows)
+    ahead = [(name, r["read_ahead"]) for name, r in pres.items() if r.get("read_ahead")]
+    if ahead:
+        out += ["", "## Reading files ahead (rpn-lib detect over .nii.gz files, ms per file; x: in turn / this "
+                    "setting, above 1 when faster)", ""]
+        rows = []
+        for name, a in ahead:
+            file = f"{'x'.join(map(str, a['file_shape']))}, {_f(a['file_mb'], 2)} MB, read in {_f(a['read_ms'])} ms"
+            for row in a["rows"]:
+                setting = "each read in turn" if row["depth"] == 0 else f"{row['depth']} read ahead"
+                rows.append([name, a["precision"], file, setting + (" (default)" if row["depth"] == a["default_depth"]
+                                                                    else ""),
+                             _f(row["ms_per_file"]), _f(row["x_in_turn"], 2),
+                             "-".join(_f(v, 2) for v in row["x_range"] or []),
+                             _f(a["ideal_x"], 2) if row["depth"] == 0 else ""])
+        out += _table(["preset", "precision", "file", "setting", "ms/file", "x", "x per round",
+                       "x if reading were hidden"], rows)
     rows = [[name, prec, _g(e["gflop"]), _f(e["forward_ms"]), _f(e["gflops_per_s"]), _f(e["peak_gflops_per_s"]),
              _f(e["fraction_of_peak"], 1, pct=True), _f(e["floor_ms"]), _f(e["end_to_end_over_floor"], 2)]
             for name, r in pres.items() for prec, e in r["efficiency"].items()]

@@ -21,7 +21,8 @@ import copy
 import csv
 import io
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,10 @@ import torch
 from rpn_lib.anchors import preset_anchor_grid
 from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import check_affine, reorient_axes, voxel_to_world, world_to_voxel
-from rpn_lib.data.preprocess import ModelInput, check_intensities, normalize_intensity, prepare_volume
+from rpn_lib.data.io import load_volume
+from rpn_lib.data.preprocess import IntensityWarning, ModelInput, intensity_warning, normalize_intensity, prepare_volume
 from rpn_lib.device import computes_float64, resolve_device
-from rpn_lib.errors import DataError
+from rpn_lib.errors import DataError, RpnLibError
 from rpn_lib.fileio import atomic_write
 from rpn_lib.handedness import name_eye_sides, right_direction
 from rpn_lib.inference import prepare_for_inference
@@ -42,6 +44,14 @@ from rpn_lib.landmarks import EYES, LANDMARK_NAMES
 from rpn_lib.methods import CandidateSettings, ClassCandidates, method_from_dict
 from rpn_lib.precision import warn_if_emulated
 from rpn_lib.prior import GraphPrior, check_prior_rule, select_combination
+from rpn_lib.readahead import read_ahead
+
+
+GPU_READ_AHEAD = 4
+"""Files :meth:`Detector.detect_files` reads ahead on a GPU, each in its own thread: a GPU
+detects in a few milliseconds what takes tens of milliseconds to read and resample, so
+several files are read at once (a choice, not yet measured on a GPU: ``rpn-lib bench``
+there says how many files per second it gives)."""
 
 
 @dataclass
@@ -118,6 +128,41 @@ class Detection:
 DETECTIONS_CSV_HEADER: tuple[str, ...] = ("case", "label", "x", "y", "z", "score", "i", "j", "k")
 """Columns of :func:`save_detections_csv`: world RAS mm (``x, y, z``), the class probability,
 and the input image's voxel coordinates (``i, j, k`` along array axes 0, 1, 2)."""
+
+
+@dataclass
+class ReadImage:
+    """An image file read and resampled for the network (:meth:`Detector.read`).
+
+    Attributes:
+        path: the file.
+        affine: ``(4, 4)`` the image's voxel -> world RAS mm.
+        input: the volume on the model grid.
+        warnings: the text of each warning about the image.
+    """
+
+    path: Path
+    affine: np.ndarray
+    input: ModelInput
+    warnings: list[str]
+
+
+@dataclass
+class FileDetection:
+    """The result of one file of :meth:`Detector.detect_files`.
+
+    Attributes:
+        path: the file.
+        detection: the five landmarks, or None when the file failed.
+        error: why the file failed (a :class:`~rpn_lib.errors.RpnLibError`, mostly a
+            :class:`~rpn_lib.errors.DataError` naming the file), or None.
+        warnings: the text of each warning given while reading and detecting this file.
+    """
+
+    path: Path
+    detection: Detection | None
+    error: Exception | None
+    warnings: list[str]
 
 
 def save_detections_csv(path: str | Path, detections: Mapping[str, Detection]) -> Path:
@@ -273,13 +318,25 @@ class Detector:
         """Validate, reorient (``axis_order``, ``flip_axes``) and resample one volume to the model grid
         (see :func:`~rpn_lib.data.preprocess.prepare_volume`). ``normalize=False`` leaves the intensity normalisation to
         :meth:`detect_prepared`, which does it on the device (what :meth:`detect` does on a GPU:
-        see :attr:`normalize_on_device`)."""
+        see :attr:`normalize_on_device`).
+
+        Warns:
+            IntensityWarning: many voxels are negative
+                (:func:`~rpn_lib.data.preprocess.intensity_warning`)."""
+        inp, notes = self._prepare(volume, affine, spacing_mm, normalize)
+        for note in notes:
+            warnings.warn(note, IntensityWarning, stacklevel=3)
+        return inp
+
+    def _prepare(self, volume: np.ndarray, affine: np.ndarray | None, spacing_mm: float | None,
+                 normalize: bool) -> tuple[ModelInput, list[str]]:
+        """:meth:`prepare`, with its warnings returned as text instead of given."""
         volume = np.asarray(volume)
         if volume.ndim != 3:
             raise DataError(f"expected a 3D volume, got shape {volume.shape}")
         if not np.isfinite(volume).all():
             raise DataError("volume contains NaN or infinite values")
-        check_intensities(volume)
+        note = intensity_warning(volume)
         if affine is None:
             if spacing_mm is None:
                 raise ValueError("give the volume's affine or its isotropic spacing_mm")
@@ -291,7 +348,28 @@ class Detector:
         if extent_mm.min() < 16 * self.preset.spacing_mm:
             raise DataError(f"volume of shape {volume.shape} ({extent_mm.round(1).tolist()} mm) is too small "
                             f"for this model (at least {16 * self.preset.spacing_mm:.1f} mm per side)")
-        return prepare_volume(volume, affine, self.preset.spacing_mm, normalize=normalize)
+        return prepare_volume(volume, affine, self.preset.spacing_mm, normalize=normalize), [note] if note else []
+
+    def read(self, path: str | Path) -> "ReadImage":
+        """Read a NIfTI file (:func:`~rpn_lib.data.io.load_volume`) and :meth:`prepare` it,
+        normalising on the CPU unless :attr:`normalize_on_device`. Safe to run in another
+        thread while this detector detects (:meth:`detect_files` does): it gives no warning
+        but returns its text.
+
+        Raises:
+            DataError: as :func:`~rpn_lib.data.io.load_volume` and :meth:`prepare`.
+        """
+        vol = load_volume(path)
+        inp, notes = self._prepare(vol.array, vol.affine, None, normalize=not self.normalize_on_device)
+        return ReadImage(vol.path, vol.affine, inp, notes)
+
+    @property
+    def read_ahead_files(self) -> int:
+        """Files :meth:`detect_files` reads ahead by default, each in its own thread: 1 on
+        the CPU, where detection already keeps every core busy and more reading threads
+        only compete with it, else :data:`GPU_READ_AHEAD` (``rpn-lib bench`` measures 0, 1
+        and :data:`GPU_READ_AHEAD`)."""
+        return 1 if self.device.type == "cpu" else GPU_READ_AHEAD
 
     @property
     def normalize_on_device(self) -> bool:
@@ -342,6 +420,44 @@ class Detector:
         """
         inputs = [self.prepare(v, a, normalize=not self.normalize_on_device) for v, a in zip(volumes, affines)]
         return self.detect_prepared(inputs, [np.asarray(a, dtype=np.float64) for a in affines], use_prior)
+
+    def detect_files(self, paths: Iterable[str | Path], use_prior: bool = True,
+                     read_ahead_files: int | None = None) -> Iterator["FileDetection"]:
+        """Detect in NIfTI files one by one, reading and resampling the next ones in a
+        background thread while the network works on this one
+        (:func:`rpn_lib.readahead.read_ahead`): on a GPU the network then no longer waits
+        for the disk and the resampling. The results are those of :meth:`detect`.
+
+        A file that cannot be read or used gives a result with ``error`` set, and the others
+        are still detected. Its warnings (e.g. many negative voxels) are in the result's
+        ``warnings``, not given.
+
+        Args:
+            paths: NIfTI files (``.nii``, ``.nii.gz``).
+            use_prior: as for :meth:`detect`.
+            read_ahead_files: files read ahead of the one being detected, each in its own
+                thread; 0 reads each file when its turn comes, in this thread; None:
+                :attr:`read_ahead_files`.
+
+        Yields:
+            One :class:`FileDetection` per path, in order, as soon as it is done.
+
+        Raises:
+            ValueError: ``read_ahead_files`` is negative (when the first result is asked for).
+        """
+        depth = self.read_ahead_files if read_ahead_files is None else read_ahead_files
+        for path, pending in read_ahead(paths, self.read, depth):
+            notes: list[str] = []
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    image = pending.result()
+                    notes += image.warnings
+                    res = self.detect_prepared([image.input], [image.affine], use_prior)[0]
+            except RpnLibError as e:
+                yield FileDetection(Path(path), None, e, notes + [str(w.message) for w in caught])
+                continue
+            yield FileDetection(image.path, res, None, notes + [str(w.message) for w in caught])
 
     @torch.inference_mode()
     def detect_prepared(self, inputs: list[ModelInput], in_affines: list[np.ndarray], use_prior: bool = True) -> list[Detection]:

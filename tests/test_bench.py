@@ -21,6 +21,7 @@ from rpn_lib.checkpoint import save_model
 from rpn_lib.cli import main
 from rpn_lib.data.dataset import write_synthetic_dataset
 from rpn_lib.data.synth import generate_case
+from rpn_lib.detect import GPU_READ_AHEAD
 from rpn_lib.model import IGRPN
 from rpn_lib.presets import get_preset
 from rpn_lib.prior import GraphPrior
@@ -394,6 +395,16 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
             mine = r["peers_paired"]["igrpn"]
             assert pe["rounds"] == r["peers_paired"]["rounds"] == 1
             assert pe["x_igrpn_network"] == pytest.approx(pe["network_ms"] / mine["network_ms"], rel=1e-2)
+        ra = r["read_ahead"]  # with the fastest precision measured, over files 1.5x finer than the grid
+        assert ra["precision"] == "bf16" and ra["default_depth"] == 1 and ra["n_files"] == 4
+        assert ra["file_shape"] == [round(s * bench.READ_AHEAD_FINER) for s in bench.QUICK_SHAPE]
+        assert 0 < ra["read_ms"] and ra["file_mb"] > 0
+        assert [row["depth"] for row in ra["rows"]] == [0, 1, GPU_READ_AHEAD]
+        in_turn = ra["rows"][0]["ms_per_file"]
+        assert ra["rows"][0]["x_in_turn"] == 1.0
+        for row in ra["rows"]:  # one round: the ratio is that round's
+            assert row["x_in_turn"] == pytest.approx(in_turn / row["ms_per_file"], rel=1e-2)
+        assert ra["ideal_x"] == pytest.approx(in_turn / (in_turn - ra["read_ms"]), rel=1e-2)
         al = r["allocator"]
         if m["allocator"]["libc"] is None:
             assert al["error"] and not al["rows"]
@@ -411,8 +422,8 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
     assert acc["within_0_1_mm"] == (abs(acc["d_mean_diff_mm"]) <= 0.1)
     table = md.read_text()
     assert table in printed and f"wrote {out} and {md}" in printed
-    for heading in ("Detection latency", "hardware limit", "Training step", "Levers", "Peers", "volume size",
-                    "autocast", "Allocator"):
+    for heading in ("Detection latency", "Reading files ahead", "hardware limit", "Training step", "Levers", "Peers",
+                    "volume size", "autocast", "Allocator"):
         assert heading in table
     assert not list(out.parent.glob(".*tmp*"))  # atomic writes leave no temporary file
 

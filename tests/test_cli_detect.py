@@ -118,6 +118,43 @@ def test_detector_checks_the_affine_before_the_size() -> None:
         det.prepare(np.tile(np.array([-1.0, 1.0], np.float32), 64 * 64 * 32).reshape(64, 64, 64), spacing_mm=2.6)
 
 
+@pytest.mark.parametrize("read_ahead", [0, 2])
+def test_detect_files_matches_detect_and_keeps_each_file_to_itself(images: dict, read_ahead: int) -> None:
+    """Read in a background thread or not, each file gets detect()'s result; a broken file
+    gets its error and the files after it are still detected; a warning is given to the file
+    it is about (the z-scored one, read while the face is detected), and none escapes."""
+    from rpn_lib.data.io import load_volume
+
+    det = Detector.from_file(SHIPPED, device="cpu")
+    order = ["face", "broken", "zscored", "face"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = list(det.detect_files([images[k] for k in order], read_ahead_files=read_ahead))
+    assert [g.path for g in got] == [images[k] for k in order]
+    face = load_volume(images["face"])
+    expected = det.detect(face.array, face.affine)
+    for g in (got[0], got[3]):
+        assert g.error is None and g.warnings == []
+        np.testing.assert_array_equal(g.detection.landmarks_world, expected.landmarks_world)
+        np.testing.assert_array_equal(g.detection.scores, expected.scores)
+    assert got[1].detection is None and isinstance(got[1].error, DataError)
+    assert "not a gzip file" in str(got[1].error)
+    assert got[2].error is None and got[2].detection is not None
+    assert len(got[2].warnings) == 1 and "of the voxels are negative" in got[2].warnings[0]
+
+
+def test_read_ahead_is_checked_by_the_command_line(images: dict, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    assert main(["detect", "--model", str(SHIPPED), str(images["face"]), "--out", str(tmp_path),
+                 "--read-ahead", "-1"]) == 2
+    assert "--read-ahead: expected an integer >= 0, got '-1'" in capsys.readouterr().err
+    assert main(["detect", "--model", str(SHIPPED), str(images["face"]), "--out", str(tmp_path / "a"),
+                 "--device", "cpu", "--read-ahead", "0"]) == 0
+    assert main(["detect", "--model", str(SHIPPED), str(images["face"]), "--out", str(tmp_path / "b"),
+                 "--device", "cpu", "--read-ahead", "3"]) == 0
+    assert (tmp_path / "a" / "detections.csv").read_text() == (tmp_path / "b" / "detections.csv").read_text()
+
+
 def test_command_line_warnings_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                             capsys: pytest.CaptureFixture) -> None:
     import rpn_lib.cli as cli

@@ -98,28 +98,31 @@ class IntensityWarning(UserWarning):
 
 
 NEGATIVE_WARN_FRACTION = 0.01
-""":func:`check_intensities` warns when more than this fraction of the voxels is negative."""
+""":func:`intensity_warning` gives a warning when more than this fraction of the voxels is negative."""
 
 
-def check_intensities(volume: np.ndarray) -> None:
+def intensity_warning(volume: np.ndarray) -> str | None:
     """Check that ``volume`` fits :func:`normalize_intensity`'s convention: B-mode intensities
     are >= 0, and voxels <= 0 count as outside the probe's field of view.
 
+    Returns:
+        The text of an :class:`IntensityWarning` when more than
+        :data:`NEGATIVE_WARN_FRACTION` of the voxels are negative (signed or z-scored data:
+        they would all be treated as outside the field of view), else None.
+
     Raises:
         DataError: no voxel is above 0 (nothing would be left to detect in).
-    Warns:
-        IntensityWarning: more than :data:`NEGATIVE_WARN_FRACTION` of the voxels are negative
-            (signed or z-scored data): they would all be treated as outside the field of view.
     """
     v = np.asarray(volume)
     if not (v > 0).any():
         raise DataError(f"no voxel is above 0 (maximum {float(v.max()):.4g}): voxels <= 0 count as outside the "
                         "probe's field of view, so nothing is left to detect in; B-mode intensities start at 0")
     negative = float((v < 0).mean())
-    if negative > NEGATIVE_WARN_FRACTION:
-        warnings.warn(f"{negative:.0%} of the voxels are negative (minimum {float(v.min()):.4g}); voxels <= 0 "
-                      "count as outside the probe's field of view. B-mode intensities start at 0: shift or rescale "
-                      "signed or z-scored data to start at 0 first.", IntensityWarning, stacklevel=4)
+    if negative <= NEGATIVE_WARN_FRACTION:
+        return None
+    return (f"{negative:.0%} of the voxels are negative (minimum {float(v.min()):.4g}); voxels <= 0 count as "
+            "outside the probe's field of view. B-mode intensities start at 0: shift or rescale signed or "
+            "z-scored data to start at 0 first.")
 
 
 def _round_up(n: int, multiple: int) -> int:
