@@ -70,7 +70,7 @@ from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import world_to_voxel
 from rpn_lib.data.preprocess import prepare_volume
 from rpn_lib.data.synth import generate_case, sample_scene
-from rpn_lib.detect import GPU_READ_AHEAD, Detector
+from rpn_lib.detect import Detector
 from rpn_lib.device import resolve_device
 from rpn_lib.errors import RpnLibError
 from rpn_lib.fileio import atomic_write, atomic_write_json
@@ -81,6 +81,7 @@ from rpn_lib.model import IGRPN
 from rpn_lib.precision import autocast_precisions, bf16_native, cpu_bf16_instructions
 from rpn_lib.presets import Preset, get_preset
 from rpn_lib.prior import GraphPrior
+from rpn_lib.readahead import READ_AHEAD
 
 BENCH_FORMAT = "rpn-lib-bench/1"
 DEFAULT_SIZES = (64, 96, 128, 160)
@@ -568,8 +569,8 @@ def _detect_files_ms(detector: Detector, paths: Sequence[Path], depth: int) -> f
     return (time.perf_counter() - t0) * 1e3 / len(paths)
 
 
-def bench_read_ahead(detector: Detector, volume: np.ndarray, affine: np.ndarray, n_files: int = 4,
-                     rounds: int = 3, depths: Sequence[int] = (0, 1, GPU_READ_AHEAD),
+def bench_read_ahead(detector: Detector, volume: np.ndarray, affine: np.ndarray, n_files: int = 2 * READ_AHEAD,
+                     rounds: int = 3, depths: Sequence[int] = (0, 1, READ_AHEAD),
                      finer: float = READ_AHEAD_FINER) -> dict[str, Any]:
     """Detection throughput over NIfTI files (:meth:`~rpn_lib.detect.Detector.detect_files`,
     what ``rpn-lib detect`` runs) with each number of files read ahead in ``depths`` (0: each
@@ -582,8 +583,8 @@ def bench_read_ahead(detector: Detector, volume: np.ndarray, affine: np.ndarray,
     Returns (milliseconds per file, medians over the rounds): ``read_ms`` (reading and
     resampling one file alone, :meth:`~rpn_lib.detect.Detector.read`), ``rows`` (per depth:
     ``ms_per_file``, ``x_in_turn``, the median of the per-round ratios in-turn / this
-    setting, above 1 when faster, and ``x_range``), ``default_depth`` (the detector's
-    :attr:`~rpn_lib.detect.Detector.read_ahead_files`), ``ideal_x`` (in-turn over in-turn
+    setting, above 1 when faster, and ``x_range``), ``default_depth``
+    (:data:`~rpn_lib.readahead.READ_AHEAD`), ``ideal_x`` (in-turn over in-turn
     without the reading: the ratio if reading were wholly hidden), the file's ``file_shape``
     and ``file_mb`` on disk.
     """
@@ -611,7 +612,7 @@ def bench_read_ahead(detector: Detector, volume: np.ndarray, affine: np.ndarray,
         rows.append({"depth": d, "ms_per_file": _r(statistics.median(times[d])), "x_in_turn": x, "x_range": span})
     in_turn = statistics.median(times[0])
     return {"n_files": n_files, "rounds": rounds, "file_shape": [int(v) for v in fine.shape], "file_mb": _r(mb, 2),
-            "read_ms": _r(read_ms), "rows": rows, "default_depth": detector.read_ahead_files,
+            "read_ms": _r(read_ms), "rows": rows, "default_depth": READ_AHEAD,
             "ideal_x": _r(in_turn / max(in_turn - read_ms, 1e-9)),
             "precision": amp_precision(detector.device) if detector.amp else "fp32"}
 
@@ -1162,7 +1163,7 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
         res["detect"][prec] = bench_detect(det, case.volume, case.affine, repeats, warmup)
         if prec == precisions[-1]:  # the fastest: where the reading would show most
             log(f"{preset.name}: reading files ahead, {prec}")
-            res["read_ahead"] = bench_read_ahead(det, case.volume, case.affine, rounds=repeats)
+            res["read_ahead"] = bench_read_ahead(det, case.volume, case.affine, rounds=min(repeats, 3))
         del det
         gc.collect()
     grid = tuple(res["detect"]["fp32"]["grid_shape"])

@@ -25,6 +25,7 @@ from rpn_lib import __version__
 from rpn_lib.allocator import configure_from_env
 from rpn_lib.errors import DataError, RpnLibError
 from rpn_lib.presets import ANCHOR_LAYOUTS, EYE_SIDES, PRESETS
+from rpn_lib.readahead import READ_AHEAD
 
 if TYPE_CHECKING:  # the command line imports the library lazily, so that --help is quick
     from rpn_lib.data.dataset import LandmarkDataset
@@ -298,9 +299,9 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
                    help="NIfTI volumes (.nii, .nii.gz), or folders: every NIfTI file directly inside")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
-    p.add_argument("--read-ahead", type=_non_negative_int, default=None, metavar="N",
+    p.add_argument("--read-ahead", type=_non_negative_int, default=READ_AHEAD, metavar="N",
                    help="images read and resampled in background threads while the model detects one (0: each "
-                   "read in turn). Default: 1 on the CPU, 4 on a GPU")
+                   "read in turn)")
     _add_device_arg(p)
     _add_orientation_args(p)
     _add_prior_rule_arg(p)

@@ -44,14 +44,7 @@ from rpn_lib.landmarks import EYES, LANDMARK_NAMES
 from rpn_lib.methods import CandidateSettings, ClassCandidates, method_from_dict
 from rpn_lib.precision import warn_if_emulated
 from rpn_lib.prior import GraphPrior, check_prior_rule, select_combination
-from rpn_lib.readahead import read_ahead
-
-
-GPU_READ_AHEAD = 4
-"""Files :meth:`Detector.detect_files` reads ahead on a GPU, each in its own thread: a GPU
-detects in a few milliseconds what takes tens of milliseconds to read and resample, so
-several files are read at once (a choice, not yet measured on a GPU: ``rpn-lib bench``
-there says how many files per second it gives)."""
+from rpn_lib.readahead import READ_AHEAD, read_ahead
 
 
 @dataclass
@@ -364,14 +357,6 @@ class Detector:
         return ReadImage(vol.path, vol.affine, inp, notes)
 
     @property
-    def read_ahead_files(self) -> int:
-        """Files :meth:`detect_files` reads ahead by default, each in its own thread: 1 on
-        the CPU, where detection already keeps every core busy and more reading threads
-        only compete with it, else :data:`GPU_READ_AHEAD` (``rpn-lib bench`` measures 0, 1
-        and :data:`GPU_READ_AHEAD`)."""
-        return 1 if self.device.type == "cpu" else GPU_READ_AHEAD
-
-    @property
     def normalize_on_device(self) -> bool:
         """Whether :meth:`detect` and :meth:`detect_batch` normalise intensities after the copy
         to the device instead of on the CPU: on a CUDA GPU, where
@@ -422,7 +407,7 @@ class Detector:
         return self.detect_prepared(inputs, [np.asarray(a, dtype=np.float64) for a in affines], use_prior)
 
     def detect_files(self, paths: Iterable[str | Path], use_prior: bool = True,
-                     read_ahead_files: int | None = None) -> Iterator["FileDetection"]:
+                     read_ahead_files: int = READ_AHEAD) -> Iterator["FileDetection"]:
         """Detect in NIfTI files one by one, reading and resampling the next ones in a
         background thread while the network works on this one
         (:func:`rpn_lib.readahead.read_ahead`): on a GPU the network then no longer waits
@@ -436,8 +421,8 @@ class Detector:
             paths: NIfTI files (``.nii``, ``.nii.gz``).
             use_prior: as for :meth:`detect`.
             read_ahead_files: files read ahead of the one being detected, each in its own
-                thread; 0 reads each file when its turn comes, in this thread; None:
-                :attr:`read_ahead_files`.
+                thread (:data:`rpn_lib.readahead.READ_AHEAD` by default); 0 reads each file
+                when its turn comes, in this thread.
 
         Yields:
             One :class:`FileDetection` per path, in order, as soon as it is done.
@@ -445,8 +430,7 @@ class Detector:
         Raises:
             ValueError: ``read_ahead_files`` is negative (when the first result is asked for).
         """
-        depth = self.read_ahead_files if read_ahead_files is None else read_ahead_files
-        for path, pending in read_ahead(paths, self.read, depth):
+        for path, pending in read_ahead(paths, self.read, read_ahead_files):
             notes: list[str] = []
             try:
                 with warnings.catch_warnings(record=True) as caught:

@@ -1,12 +1,12 @@
 """Reading ahead: prepare the next items in background threads while the caller works on this one.
 
 Reading a ``.nii.gz`` file and resampling it to the model grid takes tens of milliseconds
-of CPU time per volume, a good part of a detection's time on a CPU and more than a GPU
-takes to detect (``rpn-lib bench`` measures both: its "reading files ahead" lines). Done
-one after the other, the network waits for the disk and the resampling. :func:`read_ahead` overlaps them
+of CPU time per volume: a good part of a detection's time on a CPU (``rpn-lib bench``
+measures both: its "reading files ahead" table), and time a GPU would wait. Done one after
+the other, the network waits for the disk and the resampling. :func:`read_ahead` overlaps them
 (``rpn-lib detect`` and :meth:`rpn_lib.detect.Detector.detect_files` use it). NIfTI reading
 (zlib), NumPy and SciPy's resampling release Python's global interpreter lock for most of
-their work, so the threads run in parallel: two read two files in about the time of one.
+their work, so the threads run beside each other and beside the network.
 """
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ R = TypeVar("R")
 
 _END = object()
 
+READ_AHEAD = 4
+"""Files ``rpn-lib detect`` and :meth:`rpn_lib.detect.Detector.detect_files` read ahead by
+default, each in its own thread. On a GPU the network leaves the CPU's cores free and is
+expected to take less time per volume than reading and resampling one file, so several are
+read at once (not yet timed on a GPU). On a CPU that detection keeps busy, the threads can
+only use what the network leaves idle: ``rpn-lib bench`` times 0, 1 and this many files
+ahead (chapter *Performance*)."""
+
+
 def _done(load: Callable[[T], R], item: T) -> Future[R]:
     """``load(item)`` run now, in this thread, as a finished future (holding its exception if it raised)."""
     fut: Future[R] = Future()
@@ -31,7 +40,7 @@ def _done(load: Callable[[T], R], item: T) -> Future[R]:
     return fut
 
 
-def read_ahead(items: Iterable[T], load: Callable[[T], R], depth: int = 1) -> Iterator[tuple[T, Future[R]]]:
+def read_ahead(items: Iterable[T], load: Callable[[T], R], depth: int = READ_AHEAD) -> Iterator[tuple[T, Future[R]]]:
     """``(item, future of load(item))`` for each item, in order, with up to ``depth`` items
     loading ahead, in ``depth`` background threads.
 

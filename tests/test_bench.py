@@ -21,7 +21,7 @@ from rpn_lib.checkpoint import save_model
 from rpn_lib.cli import main
 from rpn_lib.data.dataset import write_synthetic_dataset
 from rpn_lib.data.synth import generate_case
-from rpn_lib.detect import GPU_READ_AHEAD
+from rpn_lib.readahead import READ_AHEAD
 from rpn_lib.model import IGRPN
 from rpn_lib.presets import get_preset
 from rpn_lib.prior import GraphPrior
@@ -396,10 +396,10 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
             assert pe["rounds"] == r["peers_paired"]["rounds"] == 1
             assert pe["x_igrpn_network"] == pytest.approx(pe["network_ms"] / mine["network_ms"], rel=1e-2)
         ra = r["read_ahead"]  # with the fastest precision measured, over files 1.5x finer than the grid
-        assert ra["precision"] == "bf16" and ra["default_depth"] == 1 and ra["n_files"] == 4
+        assert ra["precision"] == "bf16" and ra["default_depth"] == READ_AHEAD and ra["n_files"] == 2 * READ_AHEAD
         assert ra["file_shape"] == [round(s * bench.READ_AHEAD_FINER) for s in bench.QUICK_SHAPE]
         assert 0 < ra["read_ms"] and ra["file_mb"] > 0
-        assert [row["depth"] for row in ra["rows"]] == [0, 1, GPU_READ_AHEAD]
+        assert [row["depth"] for row in ra["rows"]] == [0, 1, READ_AHEAD]
         in_turn = ra["rows"][0]["ms_per_file"]
         assert ra["rows"][0]["x_in_turn"] == 1.0
         for row in ra["rows"]:  # one round: the ratio is that round's

@@ -587,6 +587,29 @@ def test_allocator_rows_orient_the_comparison() -> None:
     assert "keeping up to 1024 MB of freed memory" in B.machine_text(bench)
 
 
+def test_read_ahead_rows_and_figure() -> None:
+    """Files without the measurement give no rows; the time if reading were hidden is the
+    in-turn time less one file's reading; the figure has one panel per preset."""
+    bench = planted_bench()
+    assert B.read_ahead_rows(bench) == []
+    bench["presets"]["paper"]["read_ahead"] = {
+        "n_files": 4, "rounds": 5, "file_shape": [192, 192, 192], "file_mb": 20.5, "read_ms": 400.0,
+        "default_depth": 1, "ideal_x": 1.25, "precision": "fp32",
+        "rows": [{"depth": 0, "ms_per_file": 2000.0, "x_in_turn": 1.0, "x_range": [1.0, 1.0]},
+                 {"depth": 1, "ms_per_file": 1800.0, "x_in_turn": 1.11, "x_range": [1.05, 1.2]},
+                 {"depth": 4, "ms_per_file": 1900.0, "x_in_turn": 1.05, "x_range": [0.9, 1.1]}]}
+    rows = B.read_ahead_rows(bench)
+    assert [(r["depth"], r["default"]) for r in rows] == [(0, False), (1, True), (4, False)]
+    assert all(r["hidden_ms"] == 1600.0 and r["file"] == "192×192×192" for r in rows)
+    assert rows[1]["files_per_s"] == pytest.approx(1 / 1.8)
+    table = cells(B.read_ahead_html(bench))
+    assert table[2] == ["paper", "fp32", "192×192×192, 20.50 MB", "400.0", "1 read ahead (default)", "1800.0",
+                        "0.56", "1.11×", "1.05–1.20"]
+    fig = B.plot_read_ahead(bench)
+    assert len(fig.axes) == 1 and fig.axes[0].lines[0].get_ydata()[0] == 1600.0
+    plt.close(fig)
+
+
 def test_spread_of_repeated_timings() -> None:
     bench = planted_bench()
     e = bench["presets"]["cpu-small"]["detect"]["fp32"]["end_to_end"]

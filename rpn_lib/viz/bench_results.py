@@ -26,7 +26,8 @@ from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 __all__ = [
     "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
-    "layers_html", "plot_layer_rates", "levers_html", "describe_lever", "allocator_rows", "allocator_html", "peers_html", "peer_round_lines", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
+    "layers_html", "plot_layer_rates", "levers_html", "describe_lever", "read_ahead_rows", "read_ahead_html",
+    "plot_read_ahead", "allocator_rows", "allocator_html", "peers_html", "peer_round_lines", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
     "plot_precision_rates", "accuracy_text", "TargetCheck",
     "BUDGET_SETTING", "BUDGET_SHIPPED", "BUDGET_PEER", "BUDGET_1CONV", "budget_pair", "budget_html", "check_targets", "targets_html",
 ]
@@ -354,6 +355,70 @@ def describe_lever(row: Mapping[str, Any]) -> str:
     if abs(x - 1) < 0.05:
         return f"{row['label']}: {x:.2f}× the baseline time (no real change)"
     return f"{row['label']}: {x:.2f}× the baseline time ({f'{1 / x:.1f}× faster' if x < 1 else f'{x:.1f}× slower'})"
+
+
+def read_ahead_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The reading-ahead comparison (:func:`rpn_lib.bench.bench_read_ahead`) of each preset
+    and setting (files without it: no rows).
+
+    Keys: ``preset``, ``precision``, ``file`` (shape, e.g. ``"96×96×96"``), ``file_mb``,
+    ``read_ms`` (reading and resampling one file alone), ``depth`` (files read ahead; 0:
+    each read in turn), ``default`` (the detector's default there), ``ms_per_file``,
+    ``files_per_s``, ``x`` and ``x_range`` (in-turn time over this setting's, per round:
+    above 1 when faster) and ``hidden_ms`` (the in-turn time less one file's reading: the
+    time per file if the reading were wholly hidden).
+    """
+    out = []
+    for name, r in bench["presets"].items():
+        a = r.get("read_ahead")
+        if not a:
+            continue
+        in_turn = next(row["ms_per_file"] for row in a["rows"] if row["depth"] == 0)
+        for row in a["rows"]:
+            ms = row["ms_per_file"]
+            out.append({"preset": name, "precision": a["precision"], "file": "×".join(map(str, a["file_shape"])),
+                        "file_mb": a["file_mb"], "read_ms": a["read_ms"], "depth": row["depth"],
+                        "default": row["depth"] == a["default_depth"], "ms_per_file": ms,
+                        "files_per_s": 1e3 / ms if ms else None, "x": row["x_in_turn"], "x_range": row["x_range"],
+                        "hidden_ms": in_turn - a["read_ms"]})
+    return out
+
+
+def _read_ahead_label(depth: int) -> str:
+    return "each read in turn" if depth == 0 else f"{depth} read ahead"
+
+
+def read_ahead_html(bench: Mapping[str, Any]) -> str:
+    """:func:`read_ahead_rows` as a table."""
+    rows = [[r["preset"], r["precision"], f"{r['file']}, {fmt_num(r['file_mb'], 2)} MB", fmt_num(r["read_ms"]),
+             _read_ahead_label(r["depth"]) + (" (default)" if r["default"] else ""), fmt_num(r["ms_per_file"]),
+             fmt_num(r["files_per_s"], 2), fmt_num(r["x"], 2, "×"),
+             "–".join(fmt_num(v, 2) for v in r["x_range"] or [])] for r in read_ahead_rows(bench)]
+    return html_table(["preset", "precision", "file", "read + resample, ms", "setting", "ms per file", "files/s",
+                       "× in turn", "per round"], rows)
+
+
+def plot_read_ahead(bench: Mapping[str, Any]) -> Any:
+    """Time per file of each reading-ahead setting, one panel per preset, with the time per
+    file if the reading were wholly hidden (dashed)."""
+    import matplotlib.pyplot as plt
+
+    rows = read_ahead_rows(bench)
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    fig, axes = plt.subplots(1, len(presets), figsize=(4.2 * len(presets), 3.2), layout="constrained", squeeze=False)
+    for ax, name in zip(axes[0], presets):
+        sub = [r for r in rows if r["preset"] == name]
+        for i, r in enumerate(sub):
+            ax.bar(i, r["ms_per_file"], color="C0" if r["depth"] else "0.6", width=0.6)
+            ax.text(i, r["ms_per_file"], f"{r['ms_per_file']:.0f} ms", ha="center", va="bottom", fontsize=8)
+        ax.axhline(sub[0]["hidden_ms"], color="k", ls="--", lw=1, label="reading wholly hidden")
+        ax.set_xticks(range(len(sub)), [_read_ahead_label(r["depth"]).replace(" read ", "\nread ") for r in sub],
+                      fontsize=8)
+        ax.set_title(f"{name} ({sub[0]['precision']}, files {sub[0]['file']})", fontsize=10)
+        ax.set_ylabel("ms per file")
+        ax.margins(y=0.15)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    return fig
 
 
 def allocator_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
