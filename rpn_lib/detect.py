@@ -408,10 +408,10 @@ class Detector:
 
     def detect_files(self, paths: Iterable[str | Path], use_prior: bool = True,
                      read_ahead_files: int = READ_AHEAD) -> Iterator["FileDetection"]:
-        """Detect in NIfTI files one by one, reading and resampling the next ones in a
-        background thread while the network works on this one
-        (:func:`rpn_lib.readahead.read_ahead`): on a GPU the network then no longer waits
-        for the disk and the resampling. The results are those of :meth:`detect`.
+        """Detect in NIfTI files one by one, reading and resampling the next ones in
+        background threads while the network works on this one
+        (:func:`rpn_lib.readahead.read_ahead`), so that it need not wait for the disk and
+        the resampling. The results are those of :meth:`detect`.
 
         A file that cannot be read or used gives a result with ``error`` set, and the others
         are still detected. Its warnings (e.g. many negative voxels) are in the result's

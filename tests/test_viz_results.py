@@ -605,6 +605,10 @@ def test_read_ahead_rows_and_figure() -> None:
     table = cells(B.read_ahead_html(bench))
     assert table[2] == ["paper", "fp32", "192×192×192, 20.50 MB", "400.0", "1 read ahead (default)", "1800.0",
                         "0.56", "1.11×", "1.05–1.20"]
+    lines = B.read_ahead_lines(bench)
+    assert lines[0] == ("paper, 1 read ahead: 1.11× as many files per second as reading each in turn (per round "
+                        "1.05–1.20); with the reading wholly hidden it would be 1.25×.")
+    assert len(lines) == 2 and lines[1].startswith("paper, 4 read ahead: 1.05×")
     fig = B.plot_read_ahead(bench)
     assert len(fig.axes) == 1 and fig.axes[0].lines[0].get_ydata()[0] == 1600.0
     plt.close(fig)

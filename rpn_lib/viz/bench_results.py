@@ -27,7 +27,7 @@ __all__ = [
     "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
     "layers_html", "plot_layer_rates", "levers_html", "describe_lever", "read_ahead_rows", "read_ahead_html",
-    "plot_read_ahead", "allocator_rows", "allocator_html", "peers_html", "peer_round_lines", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
+    "read_ahead_lines", "plot_read_ahead", "allocator_rows", "allocator_html", "peers_html", "peer_round_lines", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
     "plot_precision_rates", "accuracy_text", "TargetCheck",
     "BUDGET_SETTING", "BUDGET_SHIPPED", "BUDGET_PEER", "BUDGET_1CONV", "budget_pair", "budget_html", "check_targets", "targets_html",
 ]
@@ -396,6 +396,21 @@ def read_ahead_html(bench: Mapping[str, Any]) -> str:
              "–".join(fmt_num(v, 2) for v in r["x_range"] or [])] for r in read_ahead_rows(bench)]
     return html_table(["preset", "precision", "file", "read + resample, ms", "setting", "ms per file", "files/s",
                        "× in turn", "per round"], rows)
+
+
+def read_ahead_lines(bench: Mapping[str, Any]) -> list[str]:
+    """One sentence per preset and reading-ahead setting: its speed-up over reading each
+    file in turn, its spread over the rounds, and the speed-up if the reading were hidden."""
+    out = []
+    for r in read_ahead_rows(bench):
+        if r["depth"] == 0:
+            continue
+        span = "–".join(fmt_num(v, 2) for v in r["x_range"] or [])
+        ideal = (r["hidden_ms"] + r["read_ms"]) / r["hidden_ms"] if r["hidden_ms"] else None  # in turn / hidden
+        out.append(f"{r['preset']}, {_read_ahead_label(r['depth'])}: {fmt_num(r['x'], 2)}× as many files per "
+                   f"second as reading each in turn (per round {span}); with the reading wholly hidden it "
+                   f"would be {fmt_num(ideal, 2)}×.")
+    return out
 
 
 def plot_read_ahead(bench: Mapping[str, Any]) -> Any:
