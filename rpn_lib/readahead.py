@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-T = TypeVar("T")
-R = TypeVar("R")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 _END = object()
 
@@ -30,9 +30,9 @@ only use what the network leaves idle: ``rpn-lib bench`` times 0, 1 and this man
 ahead (chapter *Performance*)."""
 
 
-def _done(load: Callable[[T], R], item: T) -> Future[R]:
+def _done(load: Callable[[_T], _R], item: _T) -> Future[_R]:
     """``load(item)`` run now, in this thread, as a finished future (holding its exception if it raised)."""
-    fut: Future[R] = Future()
+    fut: Future[_R] = Future()
     try:
         fut.set_result(load(item))
     except Exception as e:  # handed to the caller by fut.result(), as from the thread
@@ -40,7 +40,7 @@ def _done(load: Callable[[T], R], item: T) -> Future[R]:
     return fut
 
 
-def read_ahead(items: Iterable[T], load: Callable[[T], R], depth: int = READ_AHEAD) -> Iterator[tuple[T, Future[R]]]:
+def read_ahead(items: Iterable[_T], load: Callable[[_T], _R], depth: int = READ_AHEAD) -> Iterator[tuple[_T, Future[_R]]]:
     """``(item, future of load(item))`` for each item, in order, with up to ``depth`` items
     loading ahead, in ``depth`` background threads.
 
@@ -70,14 +70,14 @@ def read_ahead(items: Iterable[T], load: Callable[[T], R], depth: int = READ_AHE
     return _read_ahead(items, load, depth)
 
 
-def _read_ahead(items: Iterable[T], load: Callable[[T], R], depth: int) -> Iterator[tuple[T, Future[R]]]:
+def _read_ahead(items: Iterable[_T], load: Callable[[_T], _R], depth: int) -> Iterator[tuple[_T, Future[_R]]]:
     """:func:`read_ahead` once its arguments are checked."""
     if depth == 0:
         for item in items:
             yield item, _done(load, item)
         return
     it = iter(items)
-    pending: deque[tuple[T, Future[R]]] = deque()
+    pending: deque[tuple[_T, Future[_R]]] = deque()
     pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="rpn-lib-read-ahead")
     try:
         for item in it:  # the item in use and `depth` more
