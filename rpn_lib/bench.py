@@ -559,14 +559,19 @@ READ_AHEAD_FINER = 1.5
 reading one means resampling it, as for a scanner's volume (finer than the model's grid)."""
 
 
+def read_ahead_label(depth: int) -> str:
+    """The name of a reading-ahead setting in tables: "each read in turn", "4 read ahead"."""
+    return "each read in turn" if depth == 0 else f"{depth} read ahead"
+
+
 def _detect_files_ms(detector: Detector, paths: Sequence[Path], depth: int) -> float:
     """Wall time per file of :meth:`~rpn_lib.detect.Detector.detect_files` over ``paths``."""
-    t0 = time.perf_counter()
-    for item in detector.detect_files(paths, read_ahead_files=depth):
-        if item.error is not None:
-            raise item.error
-    _sync(detector.device)
-    return (time.perf_counter() - t0) * 1e3 / len(paths)
+    def run() -> None:
+        for item in detector.detect_files(paths, read_ahead_files=depth):
+            if item.error is not None:
+                raise item.error
+
+    return time_call(run, detector.device, repeats=1, warmup=0, memory=False)["median_ms"] / len(paths)
 
 
 def bench_read_ahead(detector: Detector, volume: np.ndarray, affine: np.ndarray, n_files: int = 2 * READ_AHEAD,
@@ -600,7 +605,8 @@ def bench_read_ahead(detector: Detector, volume: np.ndarray, affine: np.ndarray,
         first = save_volume(Path(tmp) / "case_0.nii.gz", fine.astype(np.float32), fine_affine)
         paths = [first] + [Path(shutil.copy(first, Path(tmp) / f"case_{i}.nii.gz")) for i in range(1, n_files)]
         _detect_files_ms(detector, paths[:2], 0)  # warm-up: caches, anchors, the file in the page cache
-        read_ms = statistics.median(_time_ms(lambda: detector.read(first)) for _ in range(3))
+        read_ms = time_call(lambda: detector.read(first), detector.device, repeats=3, warmup=0,
+                            memory=False)["median_ms"]
         times: dict[int, list[float]] = {d: [] for d in depths}
         for r in range(rounds):
             for d in (depths if r % 2 == 0 else depths[::-1]):
@@ -615,13 +621,6 @@ def bench_read_ahead(detector: Detector, volume: np.ndarray, affine: np.ndarray,
             "read_ms": _r(read_ms), "rows": rows, "default_depth": READ_AHEAD,
             "ideal_x": _r(in_turn / max(in_turn - read_ms, 1e-9)),
             "precision": amp_precision(detector.device) if detector.amp else "fp32"}
-
-
-def _time_ms(fn: Callable[[], Any]) -> float:
-    """Wall time of one call of ``fn``, in milliseconds."""
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 # --------------------------------------------------------------------------------------------
@@ -1140,8 +1139,8 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
                  threads: Sequence[int] = (), compile: bool = False, seed: int = 0,
                  peers: Sequence[str] = tuple(PEERS), log: Callable[[str], None] = lambda s: None,
                  autocast: Sequence[str] | None = None) -> dict[str, Any]:
-    """Every per-preset measurement: detection (fp32 and autocast), reading files ahead, FLOP efficiency, training
-    step (fp32 and bf16), levers and peers. ``peaks``: :func:`matmul_peak` per precision.
+    """Every per-preset measurement: detection (fp32 and autocast), reading files ahead, FLOP
+    efficiency, training step (fp32 and bf16), levers and peers. ``peaks``: :func:`matmul_peak` per precision.
     ``autocast``: the reduced precisions measured (None: :func:`~rpn_lib.precision.autocast_precisions`,
     those the device computes natively); detection uses the one :class:`~rpn_lib.detect.Detector` takes
     (:func:`amp_precision`), training bf16, each where it is in the list."""
@@ -1497,7 +1496,7 @@ def format_report(result: dict[str, Any]) -> str:
         for name, a in ahead:
             file = f"{'x'.join(map(str, a['file_shape']))}, {_f(a['file_mb'], 2)} MB, read in {_f(a['read_ms'])} ms"
             for row in a["rows"]:
-                setting = "each read in turn" if row["depth"] == 0 else f"{row['depth']} read ahead"
+                setting = read_ahead_label(row["depth"])
                 rows.append([name, a["precision"], file, setting + (" (default)" if row["depth"] == a["default_depth"]
                                                                     else ""),
                              _f(row["ms_per_file"]), _f(row["x_in_turn"], 2),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rpn_lib.bench import ONE_CONV_PEER, igrpn_peer_times, paired_range_text, paired_ratios
+from rpn_lib.bench import ONE_CONV_PEER, igrpn_peer_times, paired_range_text, paired_ratios, read_ahead_label
 from rpn_lib.replicate import MISSING, SHIPPED_VS_PEER
 from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 
@@ -365,8 +365,9 @@ def read_ahead_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
     ``read_ms`` (reading and resampling one file alone), ``depth`` (files read ahead; 0:
     each read in turn), ``default`` (the detector's default there), ``ms_per_file``,
     ``files_per_s``, ``x`` and ``x_range`` (in-turn time over this setting's, per round:
-    above 1 when faster) and ``hidden_ms`` (the in-turn time less one file's reading: the
-    time per file if the reading were wholly hidden).
+    above 1 when faster), ``hidden_ms`` (the in-turn time less one file's reading: the
+    time per file if the reading were wholly hidden) and ``ideal_x`` (the in-turn time over
+    ``hidden_ms``).
     """
     out = []
     for name, r in bench["presets"].items():
@@ -380,18 +381,14 @@ def read_ahead_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
                         "file_mb": a["file_mb"], "read_ms": a["read_ms"], "depth": row["depth"],
                         "default": row["depth"] == a["default_depth"], "ms_per_file": ms,
                         "files_per_s": 1e3 / ms if ms else None, "x": row["x_in_turn"], "x_range": row["x_range"],
-                        "hidden_ms": in_turn - a["read_ms"]})
+                        "hidden_ms": in_turn - a["read_ms"], "ideal_x": a["ideal_x"]})
     return out
-
-
-def _read_ahead_label(depth: int) -> str:
-    return "each read in turn" if depth == 0 else f"{depth} read ahead"
 
 
 def read_ahead_html(bench: Mapping[str, Any]) -> str:
     """:func:`read_ahead_rows` as a table."""
     rows = [[r["preset"], r["precision"], f"{r['file']}, {fmt_num(r['file_mb'], 2)} MB", fmt_num(r["read_ms"]),
-             _read_ahead_label(r["depth"]) + (" (default)" if r["default"] else ""), fmt_num(r["ms_per_file"]),
+             read_ahead_label(r["depth"]) + (" (default)" if r["default"] else ""), fmt_num(r["ms_per_file"]),
              fmt_num(r["files_per_s"], 2), fmt_num(r["x"], 2, "×"),
              "–".join(fmt_num(v, 2) for v in r["x_range"] or [])] for r in read_ahead_rows(bench)]
     return html_table(["preset", "precision", "file", "read + resample, ms", "setting", "ms per file", "files/s",
@@ -406,10 +403,9 @@ def read_ahead_lines(bench: Mapping[str, Any]) -> list[str]:
         if r["depth"] == 0:
             continue
         span = "–".join(fmt_num(v, 2) for v in r["x_range"] or [])
-        ideal = (r["hidden_ms"] + r["read_ms"]) / r["hidden_ms"] if r["hidden_ms"] else None  # in turn / hidden
-        out.append(f"{r['preset']}, {_read_ahead_label(r['depth'])}: {fmt_num(r['x'], 2)}× as many files per "
+        out.append(f"{r['preset']}, {read_ahead_label(r['depth'])}: {fmt_num(r['x'], 2)}× as many files per "
                    f"second as reading each in turn (per round {span}); with the reading wholly hidden it "
-                   f"would be {fmt_num(ideal, 2)}×.")
+                   f"would be {fmt_num(r['ideal_x'], 2)}×.")
     return out
 
 
@@ -427,7 +423,7 @@ def plot_read_ahead(bench: Mapping[str, Any]) -> Any:
             ax.bar(i, r["ms_per_file"], color="C0" if r["depth"] else "0.6", width=0.6)
             ax.text(i, r["ms_per_file"], f"{r['ms_per_file']:.0f} ms", ha="center", va="bottom", fontsize=8)
         ax.axhline(sub[0]["hidden_ms"], color="k", ls="--", lw=1, label="reading wholly hidden")
-        ax.set_xticks(range(len(sub)), [_read_ahead_label(r["depth"]).replace(" read ", "\nread ") for r in sub],
+        ax.set_xticks(range(len(sub)), [read_ahead_label(r["depth"]).replace(" read ", "\nread ") for r in sub],
                       fontsize=8)
         ax.set_title(f"{name} ({sub[0]['precision']}, files {sub[0]['file']})", fontsize=10)
         ax.set_ylabel("ms per file")
