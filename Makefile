@@ -63,10 +63,10 @@ model: install
 	@rm -rf runs/ig-rpn-cpu-small
 	@$(VENV)/bin/rpn-lib train --data data/synth-cpu-small --out runs/ig-rpn-cpu-small --preset cpu-small --steps 3800 --precision $(MODEL_PRECISION) --channels-last --seed 0 --checkpoint-every 200 --eye-sides geometry --anchor-layout cubes
 	@mkdir -p $(MODEL) && cp runs/ig-rpn-cpu-small/{model.pt,log.csv,train.json} $(MODEL)/
-	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test_paper_prior.json --no-progress
+	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test_paper_prior.json --no-progress --read-ahead 0
 	@$(VENV)/bin/rpn-lib calibrate-prior --model $(MODEL)/model.pt --data data/synth-cpu-small --split train --out $(MODEL)/model.pt --no-progress
-	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test.json --no-progress
-	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test_no_prior.json --no-prior --no-progress
+	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test.json --no-progress --read-ahead 0
+	@$(VENV)/bin/rpn-lib evaluate --model $(MODEL)/model.pt --data data/synth-cpu-small --split test --out $(MODEL)/metrics_test_no_prior.json --no-prior --no-progress --read-ahead 0
 
 # Replicate the paper's Tables 1 and 2 on the synthetic benchmark (rpn_lib/replicate.py): 9 trained
 # configurations x 3 seeds, trained and evaluated only where results/ lacks them (interrupted runs

@@ -1035,7 +1035,8 @@ def amp_accuracy(model_path: str | Path, data: str | Path, split: str = "test", 
     res = {}
     for amp in (False, True):
         det = Detector.from_file(model_path, device=device, amp=amp)
-        res[amp] = evaluate(det, data, split=split, progress=progress, max_cases=max_cases)
+        res[amp] = evaluate(det, data, split=split, progress=progress, max_cases=max_cases,
+                            read_ahead_cases=0)  # times the detection alone
     e32, eamp = res[False], res[True]
     shift = np.linalg.norm(e32.pred_world - eamp.pred_world, axis=-1)
     same = np.mean([np.array_equal(a.choice, b.choice) and np.allclose(a.landmarks_world, b.landmarks_world)

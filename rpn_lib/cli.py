@@ -271,6 +271,13 @@ def _add_amp_arg(p: argparse.ArgumentParser) -> None:
                    "from fp32 (the book's chapter Performance measures both on its model)")
 
 
+def _add_read_ahead_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--read-ahead N`` (:func:`rpn_lib.readahead.read_ahead`'s ``depth``)."""
+    p.add_argument("--read-ahead", type=_non_negative_int, default=READ_AHEAD, metavar="N",
+                   help=f"{what} read and resampled in background threads while the model detects one (0: each "
+                   "read in turn)")
+
+
 def _detector(args: argparse.Namespace):
     """The :class:`rpn_lib.detect.Detector` of ``--model``, ``--device`` and the orientation options."""
     from rpn_lib.detect import Detector
@@ -299,9 +306,7 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
                    help="NIfTI volumes (.nii, .nii.gz), or folders: every NIfTI file directly inside")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
-    p.add_argument("--read-ahead", type=_non_negative_int, default=READ_AHEAD, metavar="N",
-                   help="images read and resampled in background threads while the model detects one (0: each "
-                   "read in turn)")
+    _add_read_ahead_arg(p, "images")
     _add_device_arg(p)
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
@@ -416,6 +421,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     _add_label_map_arg(p)
     p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
     _add_device_arg(p)
+    _add_read_ahead_arg(p, "cases")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
@@ -431,13 +437,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     det = _detector(args)
     split = None if args.split == "all" else args.split
     ev = evaluate(det, _dataset(args.data, split, args.label_map), split=split, use_prior=args.use_prior,
-                  progress=args.progress)
+                  progress=args.progress, read_ahead_cases=args.read_ahead)
     atomic_write_json(args.out, {**ev.metrics, "model": str(args.model), "data": str(args.data),
                                  "split": args.split, "per_case": per_case_table(ev)})
     m = ev.metrics
     print(f"{m['n_cases']} cases: d-mean {m['d_mean_mm']:.2f} +- {m['d_std_mm']:.2f} mm, "
           f"DR35/50/75 {100 * m['dr35']:.1f}/{100 * m['dr50']:.1f}/{100 * m['dr75']:.1f} %, "
-          f"mIoU {100 * m['miou']:.1f} %, AP(COCO) {100 * m['ap_coco']:.1f} %, {m['time_ms']:.0f} ms/volume -> {args.out}")
+          f"mIoU {100 * m['miou']:.1f} %, AP(COCO) {100 * m['ap_coco']:.1f} %, {m['time_ms']:.0f} ms/volume "
+          f"({m['volumes_per_s']:.1f} volumes/s, reading included) -> {args.out}")
     return 0
 
 

@@ -316,14 +316,21 @@ class Detector:
         Warns:
             IntensityWarning: many voxels are negative
                 (:func:`~rpn_lib.data.preprocess.intensity_warning`)."""
-        inp, notes = self._prepare(volume, affine, spacing_mm, normalize)
+        inp, notes = self.prepare_quietly(volume, affine, spacing_mm, normalize)
         for note in notes:
             warnings.warn(note, IntensityWarning, stacklevel=3)
         return inp
 
-    def _prepare(self, volume: np.ndarray, affine: np.ndarray | None, spacing_mm: float | None,
-                 normalize: bool) -> tuple[ModelInput, list[str]]:
-        """:meth:`prepare`, with its warnings returned as text instead of given."""
+    def prepare_quietly(self, volume: np.ndarray, affine: np.ndarray | None = None,
+                        spacing_mm: float | None = None,
+                        normalize: bool = True) -> tuple[ModelInput, list[str]]:
+        """:meth:`prepare`, with its warnings returned as text instead of given: safe to run
+        in a background thread (``warnings.catch_warnings`` is global to the process), as
+        :meth:`read` and :func:`rpn_lib.evaluate.evaluate` do.
+
+        Returns:
+            The volume on the model grid, and the text of each warning :meth:`prepare` would give.
+        """
         volume = np.asarray(volume)
         if volume.ndim != 3:
             raise DataError(f"expected a 3D volume, got shape {volume.shape}")
@@ -353,7 +360,7 @@ class Detector:
             DataError: as :func:`~rpn_lib.data.io.load_volume` and :meth:`prepare`.
         """
         vol = load_volume(path)
-        inp, notes = self._prepare(vol.array, vol.affine, None, normalize=not self.normalize_on_device)
+        inp, notes = self.prepare_quietly(vol.array, vol.affine, None, normalize=not self.normalize_on_device)
         return ReadImage(vol.path, vol.affine, inp, notes)
 
     @property

@@ -12,7 +12,7 @@ their work, so the threads run beside each other and beside the network.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -40,13 +40,15 @@ def _done(load: Callable[[_T], _R], item: _T) -> Future[_R]:
     return fut
 
 
-def read_ahead(items: Iterable[_T], load: Callable[[_T], _R], depth: int = READ_AHEAD) -> Iterator[tuple[_T, Future[_R]]]:
+def read_ahead(items: Iterable[_T], load: Callable[[_T], _R],
+               depth: int = READ_AHEAD) -> Generator[tuple[_T, Future[_R]], None, None]:
     """``(item, future of load(item))`` for each item, in order, with up to ``depth`` items
     loading ahead, in ``depth`` background threads.
 
     ``future.result()`` gives ``load(item)`` or raises its exception (in the caller's thread),
-    so one item that fails to load does not stop the others. Closing the iterator early (a
-    ``break``, an exception in the loop) cancels the loads not yet started.
+    so one item that fails to load does not stop the others. Closing the generator early
+    (``close()``, or a ``break`` out of a ``for`` loop once nothing else refers to it)
+    cancels the loads not yet started.
 
     ``load`` runs in another thread: it must not touch state the loop changes, and warnings
     it raises cannot be told apart from the caller's (``warnings.catch_warnings`` is global
@@ -70,7 +72,8 @@ def read_ahead(items: Iterable[_T], load: Callable[[_T], _R], depth: int = READ_
     return _read_ahead(items, load, depth)
 
 
-def _read_ahead(items: Iterable[_T], load: Callable[[_T], _R], depth: int) -> Iterator[tuple[_T, Future[_R]]]:
+def _read_ahead(items: Iterable[_T], load: Callable[[_T], _R],
+                depth: int) -> Generator[tuple[_T, Future[_R]], None, None]:
     """:func:`read_ahead` once its arguments are checked."""
     if depth == 0:
         for item in items:

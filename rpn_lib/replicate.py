@@ -285,7 +285,7 @@ def evaluate_variant(method: str, model_path: Path, data: Any, use_priors: list[
     det = load_detector(method, model_path, device)
     out = {}
     for up in use_priors:
-        ev = evaluate(det, data, split="test", use_prior=up, progress=progress)
+        ev = evaluate(det, data, split="test", use_prior=up, progress=progress, read_ahead_cases=0)  # time alone
         out[up] = {**ev.metrics, "per_case": per_case_table(ev)}
     return out
 

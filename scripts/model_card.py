@@ -20,8 +20,9 @@ def _row(name: str, m: dict) -> str:
             f"{100 * m['dr75']:.1f} | {100 * m['dr_50_95']:.1f} | {100 * m['miou']:.1f} | {100 * m['ap_coco']:.1f} | {m['time_ms']:.0f} |")
 
 
-def _make_model_recipe(folder: Path) -> list[str]:
-    """The commands of the Makefile's ``model`` target, as a user would type them."""
+def _make_model_recipe(folder: Path, precision: str) -> list[str]:
+    """The commands of the Makefile's ``model`` target, as a user would type them, with the
+    training precision the model was made with."""
     lines = (Path(__file__).resolve().parents[1] / "Makefile").read_text().splitlines()
     start = lines.index("model: install") + 1
     out = []
@@ -29,7 +30,7 @@ def _make_model_recipe(folder: Path) -> list[str]:
         if not line.startswith("\t"):
             break
         cmd = line.strip().lstrip("@").replace("$(VENV)/bin/", "").replace("$(MODEL)", str(folder))
-        out.append(cmd)
+        out.append(cmd.replace("$(MODEL_PRECISION)", precision))
     return out
 
 
@@ -58,7 +59,7 @@ def card(folder: Path) -> str:
         "## How it was made",
         "",
         "```bash",
-        *_make_model_recipe(folder),
+        *_make_model_recipe(folder, info["precision"]),
         "```",
         "",
         f"(`make model` runs these, from the Makefile.) Training: {info['steps']} steps of batch {p['batch_size']} on "
@@ -70,7 +71,8 @@ def card(folder: Path) -> str:
         "",
         "DR = detection rate (share of landmarks whose final box has IoU ≥ t; what the paper calls AP), "
         "mIoU = mean IoU of the final boxes, ranked AP = COCO-style AP over all scored candidates, "
-        "time = median per volume (network + candidates + prior) on the machine that evaluated.",
+        "time = median per volume of resampling, network, candidates and prior (reading the file not included) "
+        "on the machine that evaluated.",
         "",
         "| | d-mean mm | DR35 % | DR50 % | DR75 % | DR 0.5:0.95 % | mIoU % | ranked AP % | time ms |",
         "|---|---|---|---|---|---|---|---|---|",
