@@ -431,7 +431,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``rpn-lib evaluate``: :func:`rpn_lib.evaluate.evaluate`, then write the metrics."""
-    from rpn_lib.evaluate import evaluate, per_case_table
+    from rpn_lib.evaluate import evaluate, per_case_table, summary
     from rpn_lib.fileio import atomic_write_json
 
     det = _detector(args)
@@ -440,11 +440,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                   progress=args.progress, read_ahead_cases=args.read_ahead)
     atomic_write_json(args.out, {**ev.metrics, "model": str(args.model), "data": str(args.data),
                                  "split": args.split, "per_case": per_case_table(ev)})
-    m = ev.metrics
-    print(f"{m['n_cases']} cases: d-mean {m['d_mean_mm']:.2f} +- {m['d_std_mm']:.2f} mm, "
-          f"DR35/50/75 {100 * m['dr35']:.1f}/{100 * m['dr50']:.1f}/{100 * m['dr75']:.1f} %, "
-          f"mIoU {100 * m['miou']:.1f} %, AP(COCO) {100 * m['ap_coco']:.1f} %, {m['time_ms']:.0f} ms/volume "
-          f"({m['volumes_per_s']:.1f} volumes/s, reading included) -> {args.out}")
+    print(summary(ev.metrics))
+    print(f"metrics -> {args.out}")
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,32 @@ def evaluate(detector: Detector | str | Path, data: str | Path | LandmarkDataset
         metrics["precision"] = "fp16" if det.device.type == "cuda" else "bf16"
     metrics["threads"] = torch.get_num_threads()
     return Evaluation(metrics, ids, dets, pred_boxes, gt_boxes, pred_world, gt_world)
+
+
+def summary(metrics: Mapping[str, Any]) -> str:
+    """A plain-text report of :func:`evaluate`'s metrics (or of a metrics file that
+    ``rpn-lib evaluate`` wrote): one line for all landmarks, then one row per landmark.
+
+    Example::
+
+        32 cases: d-mean 3.69 +- 6.23 mm, DR35/50/75 95.6/85.6/51.9 %, mIoU 70.2 %, ...
+        landmark        d-mean mm      DR35 %  DR50 %  DR75 %  mIoU %
+        left_eye        4.27 +- 3.48     90.6    68.8    28.1    57.5
+    """
+    m = metrics
+    speed = f"{m['time_ms']:.0f} ms/volume"
+    if m.get("volumes_per_s") is not None:
+        speed += f" ({m['volumes_per_s']:.1f} volumes/s, reading included)"
+    lines = [f"{m['n_cases']} cases: d-mean {m['d_mean_mm']:.2f} +- {m['d_std_mm']:.2f} mm, "
+             f"DR35/50/75 {100 * m['dr35']:.1f}/{100 * m['dr50']:.1f}/{100 * m['dr75']:.1f} %, "
+             f"mIoU {100 * m['miou']:.1f} %, AP(COCO) {100 * m['ap_coco']:.1f} %, {speed}",
+             f"{'landmark':<15} {'d-mean mm':<14} {'DR35 %':>6}  {'DR50 %':>6}  {'DR75 %':>6}  {'mIoU %':>6}"]
+    for name in LANDMARK_NAMES:
+        k = m["per_landmark"][name]
+        dist = f"{k['d_mean_mm']:.2f} +- {k['d_std_mm']:.2f}"
+        lines.append(f"{name:<15} {dist:<14} {100 * k['dr35']:6.1f}  {100 * k['dr50']:6.1f}  "
+                     f"{100 * k['dr75']:6.1f}  {100 * k['miou']:6.1f}")
+    return "\n".join(lines)
 
 
 def per_case_table(ev: Evaluation) -> list[dict[str, Any]]:

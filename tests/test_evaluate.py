@@ -19,7 +19,8 @@ from rpn_lib.data.io import load_volume, save_volume
 from rpn_lib.data.preprocess import IntensityWarning
 from rpn_lib.detect import Detector
 from rpn_lib.errors import DataError
-from rpn_lib.evaluate import evaluate
+from rpn_lib.evaluate import evaluate, summary
+from rpn_lib.landmarks import LANDMARK_NAMES
 from rpn_lib.readahead import READ_AHEAD
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ig-rpn-cpu-small" / "model.pt"
@@ -148,7 +149,22 @@ def test_cli_read_ahead_writes_the_same_metrics(data: Path, tmp_path: Path, caps
     out = capsys.readouterr().out
     assert "volumes/s, reading included" in out
     a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    assert out.splitlines()[-8:] == [*summary(b).splitlines(), f"metrics -> {tmp_path / 'b.json'}"]
     assert a["read_ahead_cases"] == 0 and b["read_ahead_cases"] == READ_AHEAD
     assert {k: v for k, v in a.items() if k not in TIMINGS} == {k: v for k, v in b.items() if k not in TIMINGS}
     assert main([*common, "--out", str(tmp_path / "c.json"), "--read-ahead", "-1"]) == 2
     assert "--read-ahead" in capsys.readouterr().err and not (tmp_path / "c.json").exists()
+
+
+def test_summary_reports_every_landmark_from_the_numbers() -> None:
+    per = {n: {"d_mean_mm": 1.0 + i, "d_std_mm": 0.5, "dr35": 1.0, "dr50": 0.75, "dr75": 0.125 * i, "miou": 0.6}
+           for i, n in enumerate(LANDMARK_NAMES)}
+    m = {"n_cases": 8, "d_mean_mm": 3.0, "d_std_mm": 1.25, "dr35": 1.0, "dr50": 0.75, "dr75": 0.25, "miou": 0.6,
+         "ap_coco": 0.421, "time_ms": 123.4, "per_landmark": per}
+    lines = summary(m).splitlines()
+    assert lines[0] == ("8 cases: d-mean 3.00 +- 1.25 mm, DR35/50/75 100.0/75.0/25.0 %, mIoU 60.0 %, "
+                        "AP(COCO) 42.1 %, 123 ms/volume")  # a file from before volumes_per_s
+    assert lines[1].split() == ["landmark", "d-mean", "mm", "DR35", "%", "DR50", "%", "DR75", "%", "mIoU", "%"]
+    assert [r.split()[0] for r in lines[2:]] == list(LANDMARK_NAMES)
+    assert lines[2 + 3].split() == ["nose_tip", "4.00", "+-", "0.50", "100.0", "75.0", "37.5", "60.0"]
+    assert "(2.5 volumes/s, reading included)" in summary({**m, "volumes_per_s": 2.5}).splitlines()[0]
