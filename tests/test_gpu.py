@@ -2,8 +2,9 @@
 
 ``scripts/bench_cuda.sh`` runs this file on a GPU machine before the benchmark. Every CUDA
 path of the library that the CPU tests cannot reach is checked here: augmentation on the
-device, intensity normalisation on the device, detection, a model of each method trained on
-the GPU that loads and detects on the CPU and on the GPU, and the RetinaNet peer's training.
+device, intensity normalisation on the device, detection, evaluation and detection in files
+with the next cases read ahead, a model of each method trained on the GPU that loads and
+detects on the CPU and on the GPU, and the RetinaNet peer's training.
 ``RPN_LIB_TEST_DEVICE=cpu`` runs the same checks with the CPU in the GPU's place (a dry run of
 this file, as ``BENCH_DEVICE=cpu`` is of the script).
 """
@@ -75,6 +76,23 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("gpu") / "data", n=4, n_test=1, seed=0,
                                    preset="cpu-small", progress=False)
+
+
+def test_reading_ahead_on_the_gpu_changes_nothing(tiny_dataset: Path) -> None:
+    from rpn_lib.data.dataset import LandmarkDataset
+    from rpn_lib.evaluate import evaluate
+
+    gpu = Detector.from_file(SHIPPED, device=DEVICE)
+    ds = LandmarkDataset(tiny_dataset, split=None)
+    ahead = evaluate(gpu, ds, split=None, progress=False, read_ahead_cases=3)
+    alone = evaluate(gpu, ds, split=None, progress=False, read_ahead_cases=0)
+    np.testing.assert_allclose(ahead.pred_world, alone.pred_world, atol=1e-3)
+    on_cpu = evaluate(Detector.from_file(SHIPPED, device="cpu"), ds, split=None, progress=False)
+    assert np.abs(ahead.pred_world - on_cpu.pred_world).max() < 0.1
+    files = [ds.image_path(i) for i in range(len(ds))]
+    found = list(gpu.detect_files(files, read_ahead_files=3))
+    assert [f.error for f in found] == [None] * len(ds)
+    np.testing.assert_allclose(np.stack([f.detection.landmarks_world for f in found]), ahead.pred_world, atol=1e-3)
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
