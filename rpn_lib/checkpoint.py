@@ -12,6 +12,7 @@ see :mod:`rpn_lib.methods`); files without it hold an IG-RPN.
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,13 @@ def _load(path: str | Path, fmt: str) -> dict[str, Any]:
             # torch warns about the pickle protocol of files it then refuses; the error below says it all.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never here
+        raise ModelError("not a readable rpn-lib file (it is not a PyTorch file, or it holds pickled Python "
+                         "objects, which rpn-lib never loads: they could run code)", path) from None
     except Exception as e:  # noqa: BLE001 - any failure to read is the same problem for the user
-        raise ModelError(f"not a readable rpn-lib file ({type(e).__name__}: {str(e).splitlines()[0][:200]})", path) from None
+        detail = (str(e).splitlines() or [""])[0].split(". ")[0][:200]  # torch's first sentence
+        hint = "truncated or damaged? " if isinstance(e, RuntimeError) else ""
+        raise ModelError(f"not a readable rpn-lib file ({hint}{type(e).__name__}: {detail})", path) from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise ModelError(f"not an {fmt} file (format: {found!r})", path)

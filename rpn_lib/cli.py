@@ -14,6 +14,7 @@ exit with code 2; ``--debug`` shows the traceback instead. Argument errors are a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 import warnings
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # the command line imports the library lazily, so that --help
 PROG = "rpn-lib"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 USER_ERRORS: tuple[type[BaseException], ...] = (RpnLibError, FileNotFoundError, ValueError)
 """Exceptions reported as one line (exit 2) rather than as a crash."""
@@ -487,6 +489,36 @@ def cmd_calibrate_prior(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------------------------
+
+
+def _register_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info", help="describe a model file: method, scale, training, graph prior",
+        description="Read and validate a model file and print what it holds: the method, the preset's scale "
+        "and every setting that differs from the named preset, the network's parameters and FLOPs per volume, "
+        "what the file records of its training, and the graph prior the detector chooses with.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help="model.pt of a training run")
+    p.add_argument("--json", action="store_true", help="print JSON (with the full preset) instead of text")
+    p.add_argument("--no-flops", dest="flops", action="store_false", help="skip counting the FLOPs")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``rpn-lib info``: :func:`rpn_lib.model_info.model_info`, printed."""
+    import json
+
+    from rpn_lib.model_info import model_info
+
+    info = model_info(args.model, flops=args.flops)
+    print(json.dumps(info.to_dict(), indent=2) if args.json else info)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # view
 # --------------------------------------------------------------------------------------------
 
@@ -773,7 +805,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_synth, _register_train, _register_detect, _register_evaluate, _register_calibrate_prior,
-    _register_view, _register_bench,
+    _register_info, _register_view, _register_bench,
 ]
 """Register functions, one per subcommand, in the order ``--help`` lists them."""
 
@@ -846,3 +878,9 @@ def _run(args: argparse.Namespace) -> int:
             traceback.print_exc()
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of the output left (e.g. `| head`): stop quietly
+        try:  # Python flushes stdout at exit: point it at /dev/null, so that it does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE

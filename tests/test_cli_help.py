@@ -14,7 +14,7 @@ COMMANDS = sorted(command_parsers())
 
 
 def test_every_command_is_listed() -> None:
-    assert COMMANDS == sorted(["synth", "train", "detect", "evaluate", "calibrate-prior", "view", "bench",
+    assert COMMANDS == sorted(["synth", "train", "detect", "evaluate", "calibrate-prior", "info", "view", "bench",
                                "replicate"])
 
 

@@ -1,0 +1,88 @@
+"""``rpn-lib info`` and :func:`rpn_lib.model_info.model_info`: what a model file holds, read
+from the file itself, and a clear refusal of a file that is not one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rpn_lib.bench import count_flops
+from rpn_lib.calibrate import paper_prior
+from rpn_lib.checkpoint import load_model, save_model
+from rpn_lib.cli import main
+from rpn_lib.errors import ModelError
+from rpn_lib.methods import method_from_dict
+from rpn_lib.model_info import model_info
+from rpn_lib.presets import Preset
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "ig-rpn-cpu-small"
+SHIPPED = MODEL_DIR / "model.pt"
+
+
+def test_the_shipped_model_described_from_its_file() -> None:
+    info = model_info(SHIPPED)
+    loaded = load_model(SHIPPED)
+    train = json.loads((MODEL_DIR / "train.json").read_text())
+    assert (info.method, info.method_title, info.method_options) == ("rpn", "IG-RPN", {})
+    assert info.preset == loaded.preset.to_dict() and info.preset["name"] == "cpu-small"
+    assert info.changed == {"anchor_layout": ["all", "cubes"], "eye_sides": ["learned", "geometry"]}
+    assert info.parameters == sum(p.numel() for p in loaded.model.parameters())
+    assert info.gflop == pytest.approx(count_flops(loaded.model, (1, 1, 64, 64, 64)) / 1e9)
+    assert 5 < info.gflop < 20  # the chapter Performance's order of magnitude at 64^3, width 16
+    assert info.training == {k: train[k] for k in ("steps", "seed", "precision", "iou_balance")}
+    cal = loaded.meta["prior_calibration"]
+    assert info.prior_rule == "penalty-score"
+    assert info.prior_calibration == {k: v for k, v in cal.items() if k != "previous_prior"}
+    assert info.file_mb == pytest.approx(SHIPPED.stat().st_size / 1e6)
+    text = str(info).splitlines()
+    assert [line.split()[0] for line in text] == ["file", "method", "scale", "unlike", "network", "training",
+                                                  "graph"]
+    assert "64x64x64 voxels at 2.6 mm (166, 166, 166 mm), width 16" in text[2]
+    assert text[3].endswith("anchor_layout all -> cubes; eye_sides learned -> geometry")
+    assert f"{cal['localisation_sd_mm']:.2f} mm per axis" in text[6] and "rule penalty-score" in text[6]
+    assert model_info(SHIPPED, flops=False).gflop is None
+
+
+def test_a_model_of_no_named_preset_with_the_papers_prior(tmp_path: Path) -> None:
+    preset = Preset(name="mine", spacing_mm=4.0, shape_vox=(32, 48, 32), width=8)
+    net = method_from_dict({}).build(preset)  # an IG-RPN
+    path = tmp_path / "model.pt"
+    save_model(path, net, preset, paper_prior(load_model(SHIPPED)), meta={"steps": 7})
+    info = model_info(path)
+    assert info.changed == {} and info.training == {"steps": 7} and info.prior_calibration is None
+    assert info.prior_rule == "penalty" and info.method == "rpn"
+    assert info.parameters == sum(p.numel() for p in net.parameters())
+    text = str(info)
+    assert "unlike" not in text and "32x48x32 voxels at 4.0 mm (128, 192, 128 mm), width 8" in text
+    assert "fitted on the true landmarks (the paper's); rule penalty" in text
+
+
+def test_cli_prints_the_description_or_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(SHIPPED), "--no-flops"]) == 0
+    assert capsys.readouterr().out.strip() == str(model_info(SHIPPED, flops=False))
+    assert main(["info", str(SHIPPED), "--json", "--no-flops"]) == 0
+    assert json.loads(capsys.readouterr().out) == model_info(SHIPPED, flops=False).to_dict()
+
+
+class _Thing:
+    """An object that only a full unpickler would rebuild."""
+
+
+def test_files_that_are_not_models_are_refused_in_one_line(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save({"format": "rpn-lib-model/1", "x": _Thing()}, tmp_path / "objects.pt")
+    (tmp_path / "text.pt").write_text("# not a model\n")
+    data = SHIPPED.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    expected = {"objects.pt": "holds pickled Python objects, which rpn-lib never loads",
+                "text.pt": "not a readable rpn-lib file", "cut.pt": "truncated or damaged?",
+                "missing.pt": "model file not found"}
+    for name, text in expected.items():
+        with pytest.raises(ModelError, match=name):
+            model_info(tmp_path / name)
+        assert main(["info", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and text in err and "weights_only" not in err, err
