@@ -78,11 +78,11 @@ class ModelInfo:
             rows.append(("training", ", ".join(f"{k} {v}" for k, v in self.training.items())))
         cal = self.prior_calibration
         if cal:
-            prior = (f"calibrated: localisation noise {cal['localisation_sd_mm']:.2f} mm per axis, measured on "
-                     f"{cal['n_cases']} volumes of the {cal['split']} split; rule {self.prior_rule}")
+            rows.append(("graph prior", f"calibrated: noise {cal['localisation_sd_mm']:.2f} mm per axis, from "
+                                        f"{cal['n_cases']} {cal['split']} volumes"))
         else:
-            prior = f"fitted on the true landmarks (the paper's); rule {self.prior_rule}"
-        rows.append(("graph prior", prior))
+            rows.append(("graph prior", "fitted on the true landmarks (the paper's)"))
+        rows.append(("prior rule", self.prior_rule))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -39,10 +39,11 @@ def test_the_shipped_model_described_from_its_file() -> None:
     assert info.file_mb == pytest.approx(SHIPPED.stat().st_size / 1e6)
     text = str(info).splitlines()
     assert [line.split()[0] for line in text] == ["file", "method", "scale", "unlike", "network", "training",
-                                                  "graph"]
+                                                  "graph", "prior"]
     assert "64x64x64 voxels at 2.6 mm (166, 166, 166 mm), width 16" in text[2]
     assert text[3].endswith("anchor_layout all -> cubes; eye_sides learned -> geometry")
-    assert f"{cal['localisation_sd_mm']:.2f} mm per axis" in text[6] and "rule penalty-score" in text[6]
+    assert text[6].endswith(f"calibrated: noise {cal['localisation_sd_mm']:.2f} mm per axis, from 120 train volumes")
+    assert text[7].split() == ["prior", "rule", "penalty-score"]
     assert model_info(SHIPPED, flops=False).gflop is None
 
 
@@ -57,7 +58,7 @@ def test_a_model_of_no_named_preset_with_the_papers_prior(tmp_path: Path) -> Non
     assert info.parameters == sum(p.numel() for p in net.parameters())
     text = str(info)
     assert "unlike" not in text and "32x48x32 voxels at 4.0 mm (128, 192, 128 mm), width 8" in text
-    assert "fitted on the true landmarks (the paper's); rule penalty" in text
+    assert text.endswith("fitted on the true landmarks (the paper's)\nprior rule   penalty")
 
 
 def test_cli_prints_the_description_or_json(capsys: pytest.CaptureFixture[str]) -> None:
