@@ -424,6 +424,8 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prior", dest="use_prior", action="store_false", help="take the top candidate per class")
     _add_device_arg(p)
     _add_read_ahead_arg(p, "cases")
+    p.add_argument("--max-cases", type=_positive_int, default=None, metavar="N",
+                   help="evaluate only the split's first N cases (a quick check; default: all)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     _add_orientation_args(p)
     _add_prior_rule_arg(p)
@@ -439,7 +441,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     det = _detector(args)
     split = None if args.split == "all" else args.split
     ev = evaluate(det, _dataset(args.data, split, args.label_map), split=split, use_prior=args.use_prior,
-                  progress=args.progress, read_ahead_cases=args.read_ahead)
+                  progress=args.progress, max_cases=args.max_cases, read_ahead_cases=args.read_ahead)
     atomic_write_json(args.out, {**ev.metrics, "model": str(args.model), "data": str(args.data),
                                  "split": args.split, "per_case": per_case_table(ev)})
     print(summary(ev.metrics))

@@ -152,6 +152,11 @@ def test_cli_read_ahead_writes_the_same_metrics(data: Path, tmp_path: Path, caps
     assert out.splitlines()[-8:] == [*summary(b).splitlines(), f"metrics -> {tmp_path / 'b.json'}"]
     assert a["read_ahead_cases"] == 0 and b["read_ahead_cases"] == READ_AHEAD
     assert {k: v for k, v in a.items() if k not in TIMINGS} == {k: v for k, v in b.items() if k not in TIMINGS}
+    assert main([*common, "--out", str(tmp_path / "two.json"), "--max-cases", "2"]) == 0
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["n_cases"] == 2 and len(two["per_case"]) == 2 * len(LANDMARK_NAMES)
+    assert two["per_case"] == a["per_case"][: len(two["per_case"])]  # the split's first two cases
+    assert main([*common, "--out", str(tmp_path / "c.json"), "--max-cases", "0"]) == 2
     assert main([*common, "--out", str(tmp_path / "c.json"), "--read-ahead", "-1"]) == 2
     assert "--read-ahead" in capsys.readouterr().err and not (tmp_path / "c.json").exists()
 
