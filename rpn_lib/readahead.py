@@ -3,10 +3,11 @@
 Reading a ``.nii.gz`` file and resampling it to the model grid takes tens of milliseconds
 of CPU time per volume: a good part of a detection's time on a CPU (``rpn-lib bench``
 measures both: its "reading files ahead" table), and time a GPU would wait. Done one after
-the other, the network waits for the disk and the resampling. :func:`read_ahead` overlaps them
-(``rpn-lib detect`` and :meth:`rpn_lib.detect.Detector.detect_files` use it). NIfTI reading
-(zlib), NumPy and SciPy's resampling release Python's global interpreter lock for most of
-their work, so the threads run beside each other and beside the network.
+the other, the network waits for the disk and the resampling. :func:`read_ahead` overlaps
+them (``rpn-lib detect`` and :meth:`rpn_lib.detect.Detector.detect_files` use it, and so do
+``rpn-lib evaluate`` and :func:`rpn_lib.evaluate.evaluate` for the cases of a dataset).
+NIfTI reading (zlib), NumPy and SciPy's resampling release Python's global interpreter lock
+for most of their work, so the threads run beside each other and beside the network.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ _R = TypeVar("_R")
 _END = object()
 
 READ_AHEAD = 4
-"""Files ``rpn-lib detect`` and :meth:`rpn_lib.detect.Detector.detect_files` read ahead by
-default, each in its own thread. On a GPU the network leaves the CPU's cores free and is
-expected to take less time per volume than reading and resampling one file, so several are
-read at once (not yet timed on a GPU). On a CPU that detection keeps busy, the threads can
+"""Files ``rpn-lib detect`` and :meth:`rpn_lib.detect.Detector.detect_files` (and cases
+``rpn-lib evaluate`` and :func:`rpn_lib.evaluate.evaluate`) read ahead by default, each in
+its own thread. On a GPU the network leaves the CPU's cores free and is expected to take
+less time per volume than reading and resampling one file, so several are read at once (not
+yet timed on a GPU). On a CPU that detection keeps busy, the threads can
 only use what the network leaves idle: ``rpn-lib bench`` times 0, 1 and this many files
 ahead (chapter *Performance*)."""
 
