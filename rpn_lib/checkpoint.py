@@ -55,7 +55,9 @@ def _load(path: str | Path, fmt: str) -> dict[str, Any]:
         raise ModelError(f"not a readable rpn-lib file ({hint}{type(e).__name__}: {detail})", path) from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise ModelError(f"not an {fmt} file (format: {found!r})", path)
+        hint = ": a training checkpoint; the run folder's model.pt is its model" \
+            if (found, fmt) == (CHECKPOINT_FORMAT, MODEL_FORMAT) else ""
+        raise ModelError(f"not an {fmt} file (format: {found!r}){hint}", path)
     return obj
 
 

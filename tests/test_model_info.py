@@ -78,7 +78,9 @@ def test_files_that_are_not_models_are_refused_in_one_line(tmp_path: Path,
     (tmp_path / "text.pt").write_text("# not a model\n")
     data = SHIPPED.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    expected = {"objects.pt": "holds pickled Python objects, which rpn-lib never loads",
+    torch.save({"format": "rpn-lib-checkpoint/1"}, tmp_path / "checkpoint.pt")
+    expected = {"checkpoint.pt": "a training checkpoint; the run folder's model.pt is its model",
+                "objects.pt": "holds pickled Python objects, which rpn-lib never loads",
                 "text.pt": "not a readable rpn-lib file", "cut.pt": "truncated or damaged?",
                 "missing.pt": "model file not found"}
     for name, text in expected.items():
