@@ -3,7 +3,9 @@ from the file itself, and a clear refusal of a file that is not one."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,23 @@ def test_files_that_are_not_models_are_refused_in_one_line(tmp_path: Path,
         assert main(["info", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and text in err and "weights_only" not in err, err
+
+
+class _ClosedPipe(io.StringIO):
+    """A stdout whose reader has gone (as after ``| head``): every write fails."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open(tmp_path / "stdout", "w") as f:
+        monkeypatch.setattr(sys, "stdout", _ClosedPipe(f.fileno()))
+        assert main(["info", str(SHIPPED), "--no-flops"]) == 141  # 128 + SIGPIPE, no traceback
