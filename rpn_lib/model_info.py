@@ -8,12 +8,16 @@ file validates it exactly as :func:`rpn_lib.checkpoint.load_model` does, so a fi
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.presets import PRESETS
+
+TEXT_WIDTH = 88
+"""Characters per line of :class:`ModelInfo`'s text (a long value wraps under its column)."""
 
 TRAINING_KEYS: tuple[str, ...] = ("steps", "seed", "precision", "iou_balance")
 """Metadata of the training run that :func:`model_info` reports, when the file has them."""
@@ -84,7 +88,11 @@ class ModelInfo:
             rows.append(("graph prior", "fitted on the true landmarks (the paper's)"))
         rows.append(("prior rule", self.prior_rule))
         width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        lines = []
+        for k, v in rows:  # values wrapped to TEXT_WIDTH, under their column
+            parts = textwrap.wrap(v, TEXT_WIDTH - width - 2, break_long_words=False, break_on_hyphens=False)
+            lines += [f"{k:<{width}}  {parts[0]}"] + [" " * (width + 2) + part for part in parts[1:]]
+        return "\n".join(lines)
 
 
 def model_info(model: str | Path | LoadedModel, flops: bool = True) -> ModelInfo:

@@ -111,3 +111,20 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path, monkeypatch: pyt
     with open(tmp_path / "stdout", "w") as f:
         monkeypatch.setattr(sys, "stdout", _ClosedPipe(f.fileno()))
         assert main(["info", str(SHIPPED), "--no-flops"]) == 141  # 128 + SIGPIPE, no traceback
+
+
+def test_long_values_wrap_under_their_column(tmp_path: Path) -> None:
+    method = method_from_dict({"method": "faster-rcnn"})  # a method with many options
+    preset = Preset(name="mine", spacing_mm=4.0, shape_vox=(32, 32, 32), width=8)
+    path = tmp_path / "frcnn.pt"
+    save_model(path, method.build(preset), preset, paper_prior(load_model(SHIPPED)),
+               meta={"method": method.name, "method_options": method.options()})
+    lines = str(model_info(path, flops=False)).splitlines()
+    assert max(map(len, lines)) <= 88
+    first = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    assert lines[first].startswith("method       Faster R-CNN (faster-rcnn; ")
+    end = next(i for i in range(first + 1, len(lines)) if not lines[i].startswith(" "))
+    continued = lines[first + 1:end]
+    assert continued and all(line.startswith(" " * 13) and line[13] != " " for line in continued)
+    joined = " ".join(line.strip() for line in lines[first:end])
+    assert "roi_box_weights=[10.0, 10.0, 10.0, 5.0, 5.0, 5.0])" in joined  # nothing lost in the wrapping
