@@ -323,14 +323,18 @@ class Detector:
 
     def prepare_quietly(self, volume: np.ndarray, affine: np.ndarray | None = None,
                         spacing_mm: float | None = None,
-                        normalize: bool = True) -> tuple[ModelInput, list[str]]:
+                        normalize: bool | None = None) -> tuple[ModelInput, list[str]]:
         """:meth:`prepare`, with its warnings returned as text instead of given: safe to run
         in a background thread (``warnings.catch_warnings`` is global to the process), as
-        :meth:`read` and :func:`rpn_lib.evaluate.evaluate` do.
+        :meth:`read` and :func:`rpn_lib.evaluate.evaluate` do. ``normalize=None`` (the
+        default) normalises as :meth:`detect` does: on the CPU unless
+        :attr:`normalize_on_device`.
 
         Returns:
             The volume on the model grid, and the text of each warning :meth:`prepare` would give.
         """
+        if normalize is None:
+            normalize = not self.normalize_on_device
         volume = np.asarray(volume)
         if volume.ndim != 3:
             raise DataError(f"expected a 3D volume, got shape {volume.shape}")
@@ -360,7 +364,7 @@ class Detector:
             DataError: as :func:`~rpn_lib.data.io.load_volume` and :meth:`prepare`.
         """
         vol = load_volume(path)
-        inp, notes = self.prepare_quietly(vol.array, vol.affine, None, normalize=not self.normalize_on_device)
+        inp, notes = self.prepare_quietly(vol.array, vol.affine)
         return ReadImage(vol.path, vol.affine, inp, notes)
 
     @property

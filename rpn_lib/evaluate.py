@@ -114,7 +114,7 @@ def evaluate(detector: Detector | str | Path, data: str | Path | LandmarkDataset
     def read(i: int) -> tuple[Any, ModelInput, list[str], float]:
         case = ds[i]
         t0 = time.perf_counter()
-        inp, notes = det.prepare_quietly(case.volume, case.affine, normalize=not det.normalize_on_device)
+        inp, notes = det.prepare_quietly(case.volume, case.affine)  # as detect() does
         return case, inp, notes, (time.perf_counter() - t0) * 1e3
 
     cases = read_ahead(range(n), read, depth)  # raises for a negative depth
