@@ -132,6 +132,12 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block1-convs", type=int, choices=[1, 2], default=None,
                    help="conv layers of the first backbone block: 2 (the paper) or 1 (a deviation for speed; "
                    "rpn only; default: the preset's)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one setting of the preset, after the options above; repeat it for more, e.g. "
+                   "--set lr=5e-4 --set batch_size=4 --set shape_vox=96,96,96 (the grid for volumes with "
+                   "a larger field of view). Any field of rpn_lib.presets.Preset but its name; the model file "
+                   "records them, and rpn-lib info lists those that differ from the preset; --resume needs the "
+                   "settings of the run it continues")
     p.add_argument("--split", default="train", help="split of splits.json to train on ('all' for every case)")
     _add_label_map_arg(p)
     p.add_argument("--seed", type=int, default=0,
@@ -159,7 +165,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``rpn-lib train``: :func:`rpn_lib.train.train`."""
-    from rpn_lib.presets import get_preset
+    from rpn_lib.presets import get_preset, with_settings
     from rpn_lib.train import train
 
     preset = get_preset(args.preset)
@@ -169,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset.replace(anchor_layout=args.anchor_layout)
     if args.block1_convs is not None:
         preset = preset.replace(block1_convs=args.block1_convs)
+    preset = with_settings(preset, args.settings)
     split = None if args.split == "all" else args.split
     res = train(_dataset(args.data, split, args.label_map), args.out, preset=preset, split=split, steps=args.steps,
                 seed=args.seed, resume=args.resume, overwrite=args.overwrite, iou_balance=args.iou_balance,

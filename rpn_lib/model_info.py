@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rpn_lib.checkpoint import LoadedModel, load_model
-from rpn_lib.presets import PRESETS
+from rpn_lib.presets import PRESETS, preset_changes
 
 TEXT_WIDTH = 88
 """Characters per line of :class:`ModelInfo`'s text (a long value wraps under its column)."""
@@ -109,11 +109,7 @@ def model_info(model: str | Path | LoadedModel, flops: bool = True) -> ModelInfo
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     preset = loaded.preset.to_dict()
     named = PRESETS.get(loaded.preset.name)
-    changed: dict[str, list[Any]] = {}
-    if named is not None:
-        for key, value in named.to_dict().items():
-            if preset.get(key) != value:
-                changed[key] = [value, preset.get(key)]
+    changed = preset_changes(named, preset) if named is not None else {}
     gflop = None
     if flops:
         from rpn_lib.bench import count_flops

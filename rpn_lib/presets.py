@@ -9,8 +9,11 @@ and back, so they scale with the spacing.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, get_args, get_origin, get_type_hints
 
 PAPER_SPACING_MM = 1.3
 """Voxel spacing of the paper's data (Sec. 3)."""
@@ -173,6 +176,27 @@ class Preset:
             raise ValueError(f"eye_sides must be one of {EYE_SIDES}, got {self.eye_sides!r}")
         if not 0 <= self.neg_iou <= self.pos_iou <= 1:
             raise ValueError(f"need 0 <= neg_iou <= pos_iou <= 1, got {self.neg_iou}, {self.pos_iou}")
+        if not (self.spacing_mm > 0 and math.isfinite(self.spacing_mm)):
+            raise ValueError(f"spacing_mm must be a positive number of mm, got {self.spacing_mm}")
+        if len(self.shape_vox) != 3 or any(n < 8 or n % 8 for n in self.shape_vox):
+            raise ValueError("shape_vox must be 3 sides in voxels, each a positive multiple of 8 (the backbone "
+                             f"down-samples three times), got {self.shape_vox}")
+        if not self.anchor_base_mm or any(not (s > 0 and math.isfinite(s)) for s in self.anchor_base_mm):
+            raise ValueError(f"anchor_base_mm must be positive sizes in mm, got {self.anchor_base_mm}")
+        for name, low in (("width", 1), ("steps", 1), ("batch_size", 1), ("min_positives", 1), ("top_k", 1),
+                          ("anchors_per_volume", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        for name in ("max_pos_fraction", "hard_negative_fraction", "hard_negative_start", "nms_iou"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        for name in ("eta", "weight_decay"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.rotation_deg <= 180:
+            raise ValueError(f"rotation_deg must be between 0 and 180 degrees, got {self.rotation_deg}")
 
     def replace(self, **changes: Any) -> "Preset":
         """A copy with some fields changed."""
@@ -206,3 +230,80 @@ def get_preset(name_or_preset: "str | Preset") -> Preset:
         raise ValueError(
             f"unknown preset {name_or_preset!r}; choose one of {sorted(PRESETS)}"
         ) from None
+
+
+SETTABLE: tuple[str, ...] = tuple(f.name for f in fields(Preset) if f.name not in ("name", "extra"))
+"""Fields of :class:`Preset` that :func:`parse_setting` and ``rpn-lib train --set`` change."""
+
+_TYPES = get_type_hints(Preset)
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _scalar(name: str, kind: type, text: str) -> Any:
+    if kind is bool:
+        if text.lower() not in _BOOLS:
+            raise ValueError(f"{name} is true or false, got {text!r}")
+        return _BOOLS[text.lower()]
+    if kind is str:
+        return text
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name} needs {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """Read one ``FIELD=VALUE`` setting of a :class:`Preset`, typed as the field is.
+
+    ``lr=5e-4`` gives ``("lr", 0.0005)``; tuples are comma-separated (``shape_vox=96,96,96``);
+    booleans are ``true``/``false`` (also ``yes``/``no``, ``1``/``0``). Only the value's type is
+    checked here: whether it makes a valid preset is :class:`Preset`'s to say, when the setting is
+    applied (:func:`with_settings`).
+
+    Raises:
+        ValueError: no ``=``, a field that is not in :data:`SETTABLE` (with the closest names), or
+            a value of the wrong type or length.
+    """
+    name, sep, value = text.partition("=")
+    name, value = name.strip().replace("-", "_"), value.strip()
+    if not sep or not name:
+        raise ValueError(f"a setting is FIELD=VALUE, e.g. lr=5e-4; got {text!r}")
+    if name not in SETTABLE:
+        close = difflib.get_close_matches(name, SETTABLE, n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ValueError(f"{name!r} is not a preset setting{hint}; settings: {', '.join(SETTABLE)}")
+    kind = _TYPES[name]
+    if get_origin(kind) is tuple:
+        args = get_args(kind)
+        parts = [v.strip() for v in value.split(",")] if value else []
+        if (args[-1] is Ellipsis and not parts) or (args[-1] is not Ellipsis and len(parts) != len(args)):
+            n = "one or more" if args[-1] is Ellipsis else str(len(args))
+            raise ValueError(f"{name} needs {n} comma-separated values, got {value!r}")
+        return name, tuple(_scalar(name, args[0], v) for v in parts)
+    return name, _scalar(name, kind, value)
+
+
+def with_settings(preset: str | Preset, settings: Iterable[str] | Mapping[str, Any] = ()) -> Preset:
+    """``preset`` with some of its fields changed: ``FIELD=VALUE`` strings read by
+    :func:`parse_setting` (the last one wins when a field is named twice), or a mapping of
+    fields to values. The result keeps the preset's name; :func:`preset_changes` (and
+    ``rpn-lib info``) tells it from the named one.
+
+    Raises:
+        ValueError: as :func:`parse_setting`, or a setting :class:`Preset` refuses.
+    """
+    base = get_preset(preset)
+    changes = dict(settings) if isinstance(settings, Mapping) else dict(parse_setting(s) for s in settings)
+    unknown = sorted(set(changes) - set(SETTABLE))
+    if unknown:
+        raise ValueError(f"not preset settings: {', '.join(unknown)}; settings: {', '.join(SETTABLE)}")
+    return base.replace(**changes) if changes else base
+
+
+def preset_changes(old: Preset | Mapping[str, Any], new: Preset | Mapping[str, Any]) -> dict[str, list[Any]]:
+    """``{field: [old value, new value]}`` for every field where two presets (or their
+    :meth:`Preset.to_dict` dictionaries) differ, in field order."""
+    a = old.to_dict() if isinstance(old, Preset) else dict(old)
+    b = new.to_dict() if isinstance(new, Preset) else dict(new)
+    keys = list(a) + [k for k in b if k not in a]
+    return {k: [a.get(k), b.get(k)] for k in keys if a.get(k) != b.get(k)}

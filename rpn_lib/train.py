@@ -49,7 +49,7 @@ from rpn_lib.methods import (  # noqa: F401 - StepLosses, compute_losses, gt_box
     StepLosses, TrainContext, compute_losses, get_method, gt_boxes_from_landmarks,
 )
 from rpn_lib.precision import resolve_precision, warn_if_emulated
-from rpn_lib.presets import Preset, get_preset
+from rpn_lib.presets import Preset, get_preset, preset_changes
 from rpn_lib.prior import GraphPrior
 
 LOG_FIELDS = ("step", "lr", "loss", "cls", "box", "positives", "sec_per_step")
@@ -84,10 +84,12 @@ def load_training_set(dataset: LandmarkDataset, preset: Preset, progress: bool =
         try:  # the fixed training grid is centred on the volume: a larger volume loses its borders
             lm_vox = check_landmarks_inside(case.landmarks_world, inp.array.shape, inp.affine, case.image_path)
         except DataError as e:
-            extent_mm = (np.asarray(case.volume.shape) * spacing_from_affine(case.affine)).round(1).tolist()
+            extent = np.asarray(case.volume.shape) * spacing_from_affine(case.affine)
+            fits = ",".join(str(8 * math.ceil(x / preset.spacing_mm / 8)) for x in extent)
             raise DataError(f"the training grid of preset {preset.name!r} ({fov_mm} mm, centred on the volume of "
-                            f"{extent_mm} mm) does not hold every landmark ({e.problem}); crop the volume around the "
-                            "face first", case.image_path) from None
+                            f"{extent.round(1).tolist()} mm) does not hold every landmark ({e.problem}); crop the "
+                            f"volume around the face first, or train on a grid that holds the whole volume, slower: "
+                            f"shape_vox={fits} (rpn-lib train --set shape_vox={fits})", case.image_path) from None
         vols.append(torch.from_numpy(inp.array))
         lms_vox.append(torch.from_numpy(lm_vox).float())
         lms_world.append(case.landmarks_world)
@@ -289,11 +291,14 @@ def train(
             raise DataError("no checkpoint.pt to resume from", out)
         state = load_checkpoint(ckpt_path)
         old = state["config"]
-        if (old["preset"] != config["preset"] or old["iou_balance"] != iou_balance
-                or old.get("method", "rpn") != method
-                or old.get("method_options", {}) != config["method_options"]):
-            raise DataError("checkpoint was made with other settings (preset, iou_balance, method or "
-                            "method options)", ckpt_path)
+        differ = [f"{k} {a} in the checkpoint, {b} now"
+                  for k, (a, b) in preset_changes(old["preset"], config["preset"]).items()]
+        differ += [f"{k} {a} in the checkpoint, {b} now" for k, a, b in (
+            ("iou_balance", old["iou_balance"], iou_balance), ("method", old.get("method", "rpn"), method),
+            ("method options", old.get("method_options", {}), config["method_options"])) if a != b]
+        if differ:
+            raise DataError("checkpoint was made with other settings (" + "; ".join(differ) + "): resume with "
+                            "the preset and settings of the run it continues", ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])

@@ -108,3 +108,56 @@ def test_a_volume_larger_than_the_training_grid(datasets: tuple[Path, Path], tmp
     err = capsys.readouterr().err
     assert f"{case.case_id}.nii.gz: the training grid of preset 'cpu-small' ([166.4, 166.4, 166.4] mm" in err
     assert "crop the volume around the face first" in err
+    # or a grid that holds the padded volume: 100 more voxels of 2.6 mm along axis 0
+    fits = err.split("--set ")[1].split(")")[0]
+    assert fits == "shape_vox=168,64,64"
+    assert main(["train", "--data", str(big), "--out", str(tmp_path / "run"), "--split", "all", "--steps", "1",
+                 "--device", "cpu", "--no-progress", "--set", fits, "--set", "width=4"]) == 0
+
+
+def test_train_on_a_grid_of_ones_own_with_set(datasets: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """``--set`` changes the preset's fields: the model is trained and detects on that grid,
+    the model file records the settings, and ``--resume`` refuses other values by name."""
+    ours, _ = datasets
+    run = tmp_path / "run"
+    settings = ["--set", "shape_vox=48,48,40", "--set", "spacing_mm=4.2", "--set", "width=4",
+                "--set", "batch-size=1", "--set", "lr=5e-4"]
+    common = ["--data", str(ours), "--out", str(run), "--device", "cpu", "--no-progress"]
+    assert main(["train", *common, "--steps", "1", *settings]) == 0
+    loaded = load_model(run / "model.pt")
+    assert loaded.preset.shape_vox == (48, 48, 40) and loaded.preset.spacing_mm == 4.2
+    assert loaded.preset.width == 4 and loaded.preset.batch_size == 1 and loaded.preset.lr == 5e-4
+    assert loaded.preset.name == "cpu-small"
+    capsys.readouterr()
+    assert main(["info", str(run / "model.pt"), "--json", "--no-flops"]) == 0
+    changed = json.loads(capsys.readouterr().out)["changed"]
+    assert changed == {"spacing_mm": [2.6, 4.2], "shape_vox": [[64, 64, 64], [48, 48, 40]], "width": [16, 4],
+                       "batch_size": [2, 1], "lr": [1e-3, 5e-4]}
+    # the model's grid is the one it was trained on
+    case = LandmarkDataset(ours)[0]
+    assert main(["detect", "--model", str(run / "model.pt"), "--out", str(tmp_path / "det"), "--device", "cpu",
+                 str(ours / "images" / f"{case.case_id}.nii.gz")]) == 0
+    assert (tmp_path / "det" / f"{case.case_id}.mrk.json").is_file()
+    # resuming needs the run's own settings; the refusal names what differs
+    capsys.readouterr()
+    assert main(["train", *common, "--steps", "2", "--resume", *settings[:-2]]) == 2
+    err = capsys.readouterr().err
+    assert "lr 0.0005 in the checkpoint, 0.001 now" in err and "width" not in err
+    assert main(["train", *common, "--steps", "2", "--resume", *settings]) == 0
+    assert json.loads((run / "train.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("lrr=1e-3", "'lrr' is not a preset setting (did you mean lr?); settings: spacing_mm,"),
+    ("shape_vox=100,96,96", "each a positive multiple of 8"),
+    ("shape_vox=96,96", "shape_vox needs 3 comma-separated values"),
+    ("lr", "a setting is FIELD=VALUE"),
+])
+def test_a_bad_setting_stops_before_the_data_are_read(setting: str, message: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--set", setting,
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "missing" not in err
+    assert not (tmp_path / "run").exists()
