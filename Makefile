@@ -1,5 +1,5 @@
 # ig-rpn-book: two commands do everything on a fresh machine.
-#   make book   install, execute the chapters (cached) and build the Jupyter Book
+#   make book   install and build the Jupyter Book from the chapters' committed outputs
 #   make test   install, then pytest on tests/ and nbval on notebooks/ under a virtual display
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c

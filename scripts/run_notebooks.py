@@ -1,6 +1,6 @@
 """Execute chapters in place and save them with outputs and widget state.
 
-The book is built from committed outputs (Jupyter Book executes with a cache), and nbval
+The book is built from committed outputs (Jupyter Book does not execute the chapters), and nbval
 re-runs the chapters to check that those outputs still reproduce. After changing a chapter or
 the library, refresh its outputs with:
 
