@@ -16,7 +16,7 @@ XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
 .PHONY: help install sysdeps test book model replicate clean
 
 help:
-	@echo "make book   build the book into _build/html (first run: ~15 min, 2.5 GB)"
+	@echo "make book   build the book into _build/html (first run: about 4 min with a warm pip cache, 2.5 GB)"
 	@echo "make test   run all tests: pytest (tests/) and nbval (notebooks/)"
 
 $(PY):
