@@ -135,9 +135,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                    help="change one setting of the preset, after the options above; repeat it for more, e.g. "
                    "--set lr=5e-4 --set batch_size=4 --set shape_vox=96,96,96 (the grid for volumes with "
-                   "a larger field of view). Any field of rpn_lib.presets.Preset but its name; the model file "
-                   "records them, and rpn-lib info lists those that differ from the preset; --resume needs the "
-                   "settings of the run it continues")
+                   "a larger field of view). Any field of rpn_lib.presets.Preset but its name: rpn-lib info "
+                   "PRESET lists them with their values. The model file records them, and rpn-lib info MODEL "
+                   "lists those that differ from the preset; --resume needs the settings of the run it continues")
     p.add_argument("--split", default="train", help="split of splits.json to train on ('all' for every case)")
     _add_label_map_arg(p)
     p.add_argument("--seed", type=int, default=0,
@@ -511,10 +511,12 @@ def _register_info(sub: argparse._SubParsersAction) -> None:
         "info", help="describe a model file: method, scale, training, graph prior",
         description="Read and validate a model file and print what it holds: the method, the preset's scale "
         "and every setting that differs from the named preset, the network's parameters and FLOPs per volume, "
-        "what the file records of its training, and the graph prior the detector chooses with.",
+        "what the file records of its training, and the graph prior the detector chooses with. Given a preset's "
+        "name instead, print every setting of that preset, as rpn-lib train --set takes them.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("model", type=Path, metavar="MODEL", help="model.pt of a training run")
+    p.add_argument("model", type=Path, metavar="MODEL",
+                   help="model.pt of a training run, or a preset's name (cpu-small, paper)")
     p.add_argument("--json", action="store_true", help="print JSON (with the full preset) instead of text")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip counting the FLOPs")
     p.set_defaults(func=cmd_info)
@@ -525,7 +527,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     import json
 
     from rpn_lib.model_info import model_info
+    from rpn_lib.presets import PRESETS, settings_text
 
+    name = str(args.model)
+    if name in PRESETS and not args.model.exists():
+        print(json.dumps(PRESETS[name].to_dict(), indent=2) if args.json else settings_text(name))
+        return 0
     info = model_info(args.model, flops=args.flops)
     print(json.dumps(info.to_dict(), indent=2) if args.json else info)
     return 0

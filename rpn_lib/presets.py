@@ -300,10 +300,43 @@ def with_settings(preset: str | Preset, settings: Iterable[str] | Mapping[str, A
     return base.replace(**changes) if changes else base
 
 
-def preset_changes(old: Preset | Mapping[str, Any], new: Preset | Mapping[str, Any]) -> dict[str, list[Any]]:
-    """``{field: [old value, new value]}`` for every field where two presets (or their
-    :meth:`Preset.to_dict` dictionaries) differ, in field order."""
-    a = old.to_dict() if isinstance(old, Preset) else dict(old)
-    b = new.to_dict() if isinstance(new, Preset) else dict(new)
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+        return numbers and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def preset_changes(old: str | Preset | Mapping[str, Any],
+                   new: str | Preset | Mapping[str, Any]) -> dict[str, list[Any]]:
+    """``{field: [old value, new value]}`` for every field where two presets (names, presets or
+    :meth:`Preset.to_dict` dictionaries) differ, in field order. Numbers that agree to 9
+    significant digits count as equal: ``--set anchor_base_mm=16.9,...``, as
+    :func:`settings_text` shows it, is the preset's ``13 * 1.3 = 16.900000000000002``."""
+    a = get_preset(old).to_dict() if isinstance(old, (str, Preset)) else dict(old)
+    b = get_preset(new).to_dict() if isinstance(new, (str, Preset)) else dict(new)
     keys = list(a) + [k for k in b if k not in a]
-    return {k: [a.get(k), b.get(k)] for k in keys if a.get(k) != b.get(k)}
+    return {k: [a.get(k), b.get(k)] for k in keys if not _same(a.get(k), b.get(k))}
+
+
+def format_setting(value: Any) -> str:
+    """A field's value as ``rpn-lib train --set FIELD=VALUE`` writes it (:func:`parse_setting`'s
+    inverse; floats to 10 significant digits, so ``13 * 1.3`` shows as ``16.9``)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_setting(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return str(value)
+
+
+def settings_text(preset: str | Preset) -> str:
+    """Every setting of a preset, one per line, written as ``--set`` takes it (``rpn-lib info PRESET``)."""
+    p = get_preset(preset)
+    width = max(map(len, SETTABLE)) + 2
+    lines = [f"preset {p.name}: its settings, as rpn-lib train --set FIELD=VALUE takes them"]
+    lines += [f"  {name:<{width}}{format_setting(getattr(p, name))}" for name in SETTABLE]
+    return "\n".join(lines)

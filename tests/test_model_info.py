@@ -128,3 +128,18 @@ def test_long_values_wrap_under_their_column(tmp_path: Path) -> None:
     assert continued and all(line.startswith(" " * 13) and line[13] != " " for line in continued)
     joined = " ".join(line.strip() for line in lines[first:end])
     assert "roi_box_weights=[10.0, 10.0, 10.0, 5.0, 5.0, 5.0])" in joined  # nothing lost in the wrapping
+
+
+def test_cli_prints_a_presets_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from rpn_lib.presets import PRESETS, settings_text
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["info", "paper"]) == 0
+    assert capsys.readouterr().out.strip() == settings_text("paper")
+    assert main(["info", "cpu-small", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == PRESETS["cpu-small"].to_dict()
+    # a file of that name is a model file, and is read as one
+    (tmp_path / "paper").write_bytes(b"not a model")
+    assert main(["info", "paper"]) == 2
+    assert "not a readable rpn-lib file" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import torch
 
 from rpn_lib.boxes import BoxCoder
 from rpn_lib.methods import box_coder
-from rpn_lib.presets import PRESETS, SETTABLE, Preset, get_preset, parse_setting, preset_changes, with_settings
+from rpn_lib.presets import (PRESETS, SETTABLE, Preset, format_setting, get_preset, parse_setting, preset_changes,
+                             settings_text, with_settings)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -104,13 +105,30 @@ def test_a_malformed_setting_is_refused_with_its_reason(text: str, message: str)
         parse_setting(text)
 
 
-def test_every_field_but_the_name_can_be_set_and_round_trips_as_text() -> None:
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_field_but_the_name_can_be_set_and_round_trips_as_text(preset: str) -> None:
     assert set(SETTABLE) == set(Preset.__dataclass_fields__) - {"name", "extra"}
-    p = get_preset("paper")
+    p = get_preset(preset)
     for name in SETTABLE:
         value = getattr(p, name)
-        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        assert parse_setting(f"{name}={text}") == (name, value)
+        parsed = parse_setting(f"{name}={format_setting(value)}")
+        assert parsed[0] == name and preset_changes({name: value}, dict([parsed])) == {}
+    assert preset_changes(p, with_settings(preset, [f"{n}={format_setting(getattr(p, n))}" for n in SETTABLE])) == {}
+
+
+def test_format_setting() -> None:
+    assert format_setting(13 * 1.3) == "16.9"
+    assert format_setting((64, 64, 32)) == "64,64,32"
+    assert format_setting(True) == "true" and format_setting(0.0) == "0"
+    assert format_setting("cubes") == "cubes"
+
+
+def test_settings_text_lists_every_setting_in_set_syntax() -> None:
+    lines = settings_text("cpu-small").splitlines()
+    assert lines[0].startswith("preset cpu-small:")
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == list(SETTABLE)
+    assert preset_changes("cpu-small", with_settings("cpu-small", [f"{k}={v}" for k, v in rows])) == {}
 
 
 def test_with_settings_applies_them_in_order_and_keeps_the_name() -> None:
@@ -130,3 +148,8 @@ def test_preset_changes_lists_the_fields_that_differ() -> None:
     assert preset_changes(a, b) == {"shape_vox": [[64, 64, 64], [96, 96, 96]], "lr": [1e-3, 5e-4]}
     assert preset_changes(a.to_dict(), b) == preset_changes(a, b)
     assert preset_changes(a, a) == {}
+    # numbers equal to 9 digits are the same setting; types and lengths are not
+    assert preset_changes(a, a.replace(spacing_mm=2.6 + 1e-13)) == {}
+    assert preset_changes({"x": 1.0}, {"x": 1.0001}) == {"x": [1.0, 1.0001]}
+    assert preset_changes({"x": [1.0, 2.0]}, {"x": [1.0]}) == {"x": [[1.0, 2.0], [1.0]]}
+    assert preset_changes({"x": True}, {"x": 1.0}) == {"x": [True, 1.0]}
