@@ -165,7 +165,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``rpn-lib train``: :func:`rpn_lib.train.train`."""
-    from rpn_lib.presets import get_preset, with_settings
+    from rpn_lib.presets import format_setting, get_preset, preset_changes, with_settings
     from rpn_lib.train import train
 
     preset = get_preset(args.preset)
@@ -176,6 +176,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.block1_convs is not None:
         preset = preset.replace(block1_convs=args.block1_convs)
     preset = with_settings(preset, args.settings)
+    changed = preset_changes(args.preset, preset)
+    if changed:
+        print(f"preset {args.preset}, with " + "; ".join(
+            f"{k} {format_setting(a)} -> {format_setting(b)}" for k, (a, b) in changed.items()))
     split = None if args.split == "all" else args.split
     res = train(_dataset(args.data, split, args.label_map), args.out, preset=preset, split=split, steps=args.steps,
                 seed=args.seed, resume=args.resume, overwrite=args.overwrite, iou_balance=args.iou_balance,

@@ -125,11 +125,12 @@ def test_train_on_a_grid_of_ones_own_with_set(datasets: tuple[Path, Path], tmp_p
                 "--set", "batch-size=1", "--set", "lr=5e-4"]
     common = ["--data", str(ours), "--out", str(run), "--device", "cpu", "--no-progress"]
     assert main(["train", *common, "--steps", "1", *settings]) == 0
+    assert capsys.readouterr().out.startswith("preset cpu-small, with spacing_mm 2.6 -> 4.2; shape_vox 64,64,64 -> "
+                                              "48,48,40; width 16 -> 4; batch_size 2 -> 1; lr 0.001 -> 0.0005\n")
     loaded = load_model(run / "model.pt")
     assert loaded.preset.shape_vox == (48, 48, 40) and loaded.preset.spacing_mm == 4.2
     assert loaded.preset.width == 4 and loaded.preset.batch_size == 1 and loaded.preset.lr == 5e-4
     assert loaded.preset.name == "cpu-small"
-    capsys.readouterr()
     assert main(["info", str(run / "model.pt"), "--json", "--no-flops"]) == 0
     changed = json.loads(capsys.readouterr().out)["changed"]
     assert changed == {"spacing_mm": [2.6, 4.2], "shape_vox": [[64, 64, 64], [48, 48, 40]], "width": [16, 4],
