@@ -139,6 +139,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    "PRESET lists them with their values. The model file records them, and rpn-lib info MODEL "
                    "lists those that differ from the preset; --resume needs the settings of the run it continues")
     p.add_argument("--split", default="train", help="split of splits.json to train on ('all' for every case)")
+    p.add_argument("--val-split", default=None, metavar="SPLIT",
+                   help="a split of splits.json to validate on at every checkpoint: RUN/val.csv gets its d-mean, "
+                   "DR50 and mIoU, and RUN/model_best.pt the model with the lowest d-mean (training is unchanged)")
     _add_label_map_arg(p)
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the weights, the data order, the augmentation and the anchor sampling")
@@ -165,8 +168,10 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``rpn-lib train``: :func:`rpn_lib.train.train`."""
+    from rpn_lib.data.dataset import LandmarkDataset
     from rpn_lib.presets import format_setting, get_preset, preset_changes, with_settings
     from rpn_lib.train import train
+    from rpn_lib.validation import best_row
 
     preset = get_preset(args.preset)
     if args.eye_sides is not None:
@@ -181,11 +186,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"preset {args.preset}, with " + "; ".join(
             f"{k} {format_setting(a)} -> {format_setting(b)}" for k, (a, b) in changed.items()))
     split = None if args.split == "all" else args.split
+    val = LandmarkDataset(args.data, split=args.val_split, label_map=args.label_map) if args.val_split else None
     res = train(_dataset(args.data, split, args.label_map), args.out, preset=preset, split=split, steps=args.steps,
                 seed=args.seed, resume=args.resume, overwrite=args.overwrite, iou_balance=args.iou_balance,
                 checkpoint_every=args.checkpoint_every, device=args.device, precision=args.precision,
-                progress=args.progress, method=args.method, channels_last=args.channels_last)
+                progress=args.progress, method=args.method, channels_last=args.channels_last, val_data=val)
     print(f"trained {res.steps} steps in {res.seconds:.0f} s (final loss {res.final_loss:.4f}): {res.run_dir / 'model.pt'}")
+    if res.val:
+        best = best_row(res.val)
+        print(f"validation ({args.val_split}): d-mean {res.val[-1]['d_mean_mm']:.2f} mm at the end, lowest "
+              f"{best['d_mean_mm']:.2f} mm at step {int(best['step'])}: {res.run_dir / 'model_best.pt'}")
     return 0
 
 

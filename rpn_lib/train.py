@@ -16,7 +16,8 @@ and its loss (``method="ssd"``, ``"faster-rcnn"``, ``"heatmap"``: :mod:`rpn_lib.
 A run folder holds ``checkpoint.pt`` (everything needed to resume exactly: weights, optimiser,
 step, random state), ``model.pt`` (what inference needs: weights, preset, graph prior, label
 names, method), ``log.csv`` (losses every ``log_every`` steps) and ``train.json`` (the run's settings
-and timing). Both ``.pt`` files hold only tensors, numbers and strings, and are read with
+and timing); a run given validation cases adds ``val.csv`` and ``model_best.pt``
+(:mod:`rpn_lib.validation`). Both ``.pt`` files hold only tensors, numbers and strings, and are read with
 ``torch.load(..., weights_only=True)``.
 """
 
@@ -51,6 +52,7 @@ from rpn_lib.methods import (  # noqa: F401 - StepLosses, compute_losses, gt_box
 from rpn_lib.precision import resolve_precision, warn_if_emulated
 from rpn_lib.presets import Preset, get_preset, preset_changes
 from rpn_lib.prior import GraphPrior
+from rpn_lib.validation import BEST_MODEL, VAL_LOG, Validator
 
 LOG_FIELDS = ("step", "lr", "loss", "cls", "box", "positives", "sec_per_step")
 
@@ -114,6 +116,8 @@ class TrainResult:
     seconds: float
     final_loss: float
     log: list[dict[str, float]] = field(default_factory=list)
+    val: list[dict[str, float]] = field(default_factory=list)
+    """Rows of ``val.csv`` (:data:`rpn_lib.validation.VAL_FIELDS`) when the run was validated."""
 
 
 def _read_log(path: Path, upto_step: int) -> list[dict[str, float]]:
@@ -165,7 +169,7 @@ class RunningLog:
             self.n, self.t_last = 0, now
 
 
-RUN_FILES = ("model.pt", "checkpoint.pt", "log.csv", "train.json")
+RUN_FILES = ("model.pt", "checkpoint.pt", "log.csv", "train.json", VAL_LOG, BEST_MODEL)
 """The files a training run writes into its folder."""
 RUN_MARKERS = ("model.pt", "checkpoint.pt")
 """The run files whose presence means that a folder holds a run (the others are only logs)."""
@@ -216,6 +220,7 @@ def train(
     channels_last: bool = False,
     overwrite: bool = False,
     split: str | None = "train",
+    val_data: str | Path | LandmarkDataset | None = None,
 ) -> TrainResult:
     """Train an IG-RPN (or a baseline) on a split of a dataset folder (``train``) and write a run folder.
 
@@ -251,6 +256,10 @@ def train(
             without it (or ``resume``) such a folder is refused (:func:`check_run_folder`).
         split: the split of ``splits.json`` to train on when ``data`` is a folder; None: every
             case (a folder without ``splits.json``).
+        val_data: validation cases, scored at every checkpoint (:class:`rpn_lib.validation.Validator`:
+            ``val.csv``, and ``model_best.pt``, the model with the lowest validation d-mean): a
+            :class:`~rpn_lib.data.dataset.LandmarkDataset`, or a dataset folder whose ``val``
+            split is read. None: no validation. Training is the same with or without it.
     """
     preset = get_preset(preset)
     steps = int(steps if steps is not None else preset.steps)
@@ -274,6 +283,8 @@ def train(
     if max_cases is not None:
         ts = TrainingSet(ts.volumes[:max_cases], ts.landmarks_vox[:max_cases], ts.landmarks_world[:max_cases], ts.case_ids[:max_cases])
     prior = GraphPrior.fit(ts.landmarks_world)
+    if val_data is not None and not isinstance(val_data, LandmarkDataset):
+        val_data = LandmarkDataset(val_data, split="val")
 
     torch.manual_seed(seed)
     model = meth.build(preset).to(dev)
@@ -304,6 +315,8 @@ def train(
         generator.set_state(state["generator"])
         start_step = state["step"]
     log_rows = _read_log(out / "log.csv", start_step) if resume else []
+    validator = (Validator(val_data, out, dev, start_step, ts.case_ids)
+                 if val_data is not None else None)
     if overwrite:  # the data and settings are good: now the old run may go
         clear_run_files(out)
 
@@ -340,9 +353,14 @@ def train(
         log.add(done, lr, {"loss": last_loss, "cls": losses.cls, "box": losses.box, "positives": losses.positives})
         if done % checkpoint_every == 0 or done == steps:
             checkpoint(done)
+            if validator is not None:
+                v, best = validator(done), validator.best
+                bar.set_postfix_str(f"val d-mean {v['d_mean_mm']:.2f} mm (best {best['d_mean_mm']:.2f})")
     bar.close()
     seconds = time.perf_counter() - t0
     info = {**config, "seconds_this_session": round(seconds, 1), "device": str(dev),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if validator is not None:
+        info.update(validator.summary())
     atomic_write_json(out / "train.json", info)
-    return TrainResult(out, steps, seconds, last_loss, log_rows)
+    return TrainResult(out, steps, seconds, last_loss, log_rows, list(validator.rows) if validator else [])
