@@ -4,7 +4,8 @@
 path of the library that the CPU tests cannot reach is checked here: augmentation on the
 device, intensity normalisation on the device, detection, evaluation and detection in files
 with the next cases read ahead, a model of each method trained on the GPU that loads and
-detects on the CPU and on the GPU, and the RetinaNet peer's training.
+detects on the CPU and on the GPU, training with validation at its checkpoints, and the
+RetinaNet peer's training.
 ``RPN_LIB_TEST_DEVICE=cpu`` runs the same checks with the CPU in the GPU's place (a dry run of
 this file, as ``BENCH_DEVICE=cpu`` is of the script).
 """
@@ -115,3 +116,19 @@ def test_the_retinanet_peer_trains_on_the_gpu(tiny_dataset: Path, tmp_path: Path
 
     res = train_retinanet(tiny_dataset, tmp_path / "run", steps=3, device=DEVICE, progress=False, checkpoint_every=3)
     assert np.isfinite(res.final_loss)
+
+
+def test_validation_during_training_on_the_gpu(tiny_dataset: Path, tmp_path: Path) -> None:
+    from rpn_lib.data.dataset import LandmarkDataset
+    from rpn_lib.evaluate import evaluate
+    from rpn_lib.train import train
+    from rpn_lib.validation import BEST_MODEL, VAL_LOG, read_val_log
+
+    val = LandmarkDataset(tiny_dataset, split="test")
+    res = train(tiny_dataset, tmp_path / "run", steps=4, device=DEVICE, progress=False, checkpoint_every=2,
+                val_data=val)
+    rows = read_val_log(res.run_dir / VAL_LOG)
+    assert [int(r["step"]) for r in rows] == [2, 4] and res.val == rows
+    assert (res.run_dir / BEST_MODEL).is_file()
+    again = evaluate(Detector.from_file(res.run_dir / "model.pt", device=DEVICE), val, split=None, progress=False)
+    assert rows[-1]["d_mean_mm"] == pytest.approx(again.metrics["d_mean_mm"], rel=1e-4)
