@@ -1,7 +1,7 @@
 """Validation during training: the run's model scored on held-out cases at each checkpoint.
 
-The paper trains for a fixed number of iterations and reports the test split; it says nothing
-of a validation split. On data of one's own, the number of steps and the learning rate are
+The paper splits its 152 volumes into 120 for training and 32 for testing (Sec. 3) and names no
+validation split. On data of one's own, the number of steps and the learning rate are
 guesses, and the test split must not be what corrects them. :class:`Validator` scores the
 ``model.pt`` that :func:`rpn_lib.train.train` has just written on a validation split (the
 detection as :func:`rpn_lib.evaluate.evaluate` runs it, graph prior included), appends a row to
