@@ -169,18 +169,13 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """``rpn-lib train``: :func:`rpn_lib.train.train`."""
     from rpn_lib.data.dataset import LandmarkDataset
-    from rpn_lib.presets import format_setting, get_preset, preset_changes, with_settings
+    from rpn_lib.presets import format_setting, preset_changes, with_settings
     from rpn_lib.train import train
     from rpn_lib.validation import best_row
 
-    preset = get_preset(args.preset)
-    if args.eye_sides is not None:
-        preset = preset.replace(eye_sides=args.eye_sides)
-    if args.anchor_layout is not None:
-        preset = preset.replace(anchor_layout=args.anchor_layout)
-    if args.block1_convs is not None:
-        preset = preset.replace(block1_convs=args.block1_convs)
-    preset = with_settings(preset, args.settings)
+    options = {k: getattr(args, k) for k in ("eye_sides", "anchor_layout", "block1_convs")
+               if getattr(args, k) is not None}
+    preset = with_settings(with_settings(args.preset, options), args.settings)  # --set last
     changed = preset_changes(args.preset, preset)
     if changed:
         print(f"preset {args.preset}, with " + "; ".join(

@@ -363,4 +363,4 @@ def train(
     if validator is not None:
         info.update(validator.summary())
     atomic_write_json(out / "train.json", info)
-    return TrainResult(out, steps, seconds, last_loss, log_rows, list(validator.rows) if validator else [])
+    return TrainResult(out, steps, seconds, last_loss, log_rows, list(validator.rows) if validator is not None else [])

@@ -35,11 +35,20 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """Bitwise reproducible reductions for the comparisons of two runs (as in test_train_detect)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_model(path).model.state_dict()
 
 
-def test_validation_scores_each_checkpoint_and_keeps_the_best(data: Path, tmp_path: Path) -> None:
+def test_validation_scores_each_checkpoint_and_keeps_the_best(data: Path, tmp_path: Path, one_thread: None) -> None:
     res = train(data, tmp_path / "val", val_data=data, **COMMON)
     rows = read_val_log(tmp_path / "val" / VAL_LOG)
     assert [int(r["step"]) for r in rows] == [3, 6] and set(rows[0]) == set(VAL_FIELDS)
@@ -60,7 +69,7 @@ def test_validation_scores_each_checkpoint_and_keeps_the_best(data: Path, tmp_pa
     assert not (tmp_path / "plain" / VAL_LOG).exists() and not (tmp_path / "plain" / BEST_MODEL).exists()
 
 
-def test_a_resumed_run_continues_its_validation_exactly(data: Path, tmp_path: Path) -> None:
+def test_a_resumed_run_continues_its_validation_exactly(data: Path, tmp_path: Path, one_thread: None) -> None:
     class Interrupted(Exception):
         pass
 
