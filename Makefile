@@ -9,8 +9,11 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# pip prints one line per unusable local index folder on some machines: hide only those.
-PIPQUIET := grep -v -E "is ignored: it is neither a file nor a directory" || true
+# pip prints one line per unusable local index folder on some machines: hide only those. The
+# braces keep pip's exit status (pipefail): a failed install stops make before the stamp is written.
+PIPQUIET := { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
+# The installed environment takes about 2 GB; pip needs room beside it to unpack wheels.
+NEED_MB := 3000
 XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
 
 .PHONY: help install sysdeps test book model replicate clean
@@ -25,6 +28,9 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	@echo "Installing rpn-lib and its pinned dependencies into $(VENV) (first time: a few minutes) ..."
+	@free_mb=$$(df -Pm $(VENV) | awk 'NR==2 {print $$4}'); \
+	if [ "$$free_mb" -lt $(NEED_MB) ]; then \
+	  echo "warning: $$free_mb MB free on the disk of $(VENV); the install needs about $(NEED_MB) MB and may fail" >&2; fi
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | $(PIPQUIET)
 	@$(PY) -m pip install -q -e ".[all]" 2>&1 | $(PIPQUIET)
 	@$(PY) -m pip check >/dev/null || { $(PY) -m pip check; exit 1; }
