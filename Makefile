@@ -15,6 +15,9 @@ PIPQUIET := { grep -v -E "is ignored: it is neither a file nor a directory" || t
 # The installed environment takes about 2 GB; pip needs room beside it to unpack wheels.
 NEED_MB := 3000
 XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1280x1024x24")
+# napari keeps its settings in a throw-away folder (removed when the command ends), so that a
+# reader's own napari settings never change a test or a page.
+FRESH_NAPARI := cfg=$$(mktemp -d) && trap 'rm -rf "$$cfg"' EXIT && export NAPARI_CONFIG=$$cfg/napari.yaml &&
 
 .PHONY: help install sysdeps test book model replicate clean
 
@@ -42,12 +45,12 @@ sysdeps:
 	@scripts/system_deps.sh test
 
 test: install sysdeps
-	@NAPARI_CONFIG=$$(mktemp -d)/napari.yaml $(PY) -m pytest tests notebooks --nbval --nbval-current-env -q
+	@$(FRESH_NAPARI) $(PY) -m pytest tests notebooks --nbval --nbval-current-env -q
 
 book: install
 	@scripts/system_deps.sh book
 	@scripts/vendor_js.sh
-	@NAPARI_CONFIG=$$(mktemp -d)/napari.yaml $(XVFB) $(VENV)/bin/jupyter-book build -W -n --keep-going --quiet .
+	@$(FRESH_NAPARI) $(XVFB) $(VENV)/bin/jupyter-book build -W -n --keep-going --quiet .
 	@test -f _build/html/index.html || { echo "error: the book was not built"; exit 1; }
 	@echo "Book built: $$(pwd)/_build/html/index.html"
 
