@@ -34,7 +34,8 @@ from rpn_lib.anchors import preset_anchor_grid
 from rpn_lib.checkpoint import LoadedModel, load_model
 from rpn_lib.data.geometry import check_affine, reorient_axes, voxel_to_world, world_to_voxel
 from rpn_lib.data.io import load_volume
-from rpn_lib.data.preprocess import IntensityWarning, ModelInput, intensity_warning, normalize_intensity, prepare_volume
+from rpn_lib.data.preprocess import (IntensityWarning, ModelInput, check_grid_size, intensity_warning,
+                                     normalize_intensity, prepare_volume)
 from rpn_lib.device import computes_float64, resolve_device
 from rpn_lib.errors import DataError, RpnLibError
 from rpn_lib.fileio import atomic_write
@@ -352,6 +353,7 @@ class Detector:
         if extent_mm.min() < 16 * self.preset.spacing_mm:
             raise DataError(f"volume of shape {volume.shape} ({extent_mm.round(1).tolist()} mm) is too small "
                             f"for this model (at least {16 * self.preset.spacing_mm:.1f} mm per side)")
+        check_grid_size(volume.shape, affine, self.preset.spacing_mm, self.preset.shape_vox)
         return prepare_volume(volume, affine, self.preset.spacing_mm, normalize=normalize), [note] if note else []
 
     def read(self, path: str | Path) -> "ReadImage":
@@ -395,7 +397,9 @@ class Detector:
 
         Raises:
             DataError: the volume is not 3D, holds NaN or infinite values, is under 16
-                model voxels per side, or gives no candidate for some landmark.
+                model voxels per side or far larger than the training grid
+                (:func:`~rpn_lib.data.preprocess.check_grid_size`), or gives no candidate
+                for some landmark.
             ValueError: neither ``affine`` nor ``spacing_mm`` is given.
         """
         inp = self.prepare(volume, affine, spacing_mm, normalize=not self.normalize_on_device)

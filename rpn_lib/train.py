@@ -41,7 +41,7 @@ from rpn_lib.checkpoint import load_checkpoint, save_checkpoint, save_model
 from rpn_lib.data.dataset import LandmarkDataset
 from rpn_lib.data.geometry import spacing_from_affine
 from rpn_lib.data.io import check_landmarks_inside
-from rpn_lib.data.preprocess import prepare_volume
+from rpn_lib.data.preprocess import check_grid_size, prepare_volume
 from rpn_lib.device import resolve_device
 from rpn_lib.errors import DataError
 from rpn_lib.fileio import atomic_write, atomic_write_json
@@ -75,13 +75,20 @@ class TrainingSet:
 
 
 def load_training_set(dataset: LandmarkDataset, preset: Preset, progress: bool = True) -> TrainingSet:
-    """Load and prepare every case of ``dataset`` for ``preset`` (resampled, fixed shape)."""
+    """Load and prepare every case of ``dataset`` for ``preset`` (resampled, fixed shape).
+
+    Raises:
+        DataError: naming the case's image, if the split is empty, a volume is far larger
+            than the training grid (:func:`~rpn_lib.data.preprocess.check_grid_size`), or the
+            training grid centred on a volume does not hold all its landmarks.
+    """
     if len(dataset) == 0:
         raise DataError("the training split has no cases", getattr(dataset, "root", None))
     vols, lms_vox, lms_world, ids = [], [], [], []
     fov_mm = [round(n * preset.spacing_mm, 1) for n in preset.shape_vox]
     for i in tqdm(range(len(dataset)), desc="loading", disable=not progress, leave=False):
         case = dataset[i]
+        check_grid_size(case.volume.shape, case.affine, preset.spacing_mm, preset.shape_vox, case.image_path)
         inp = prepare_volume(case.volume, case.affine, preset.spacing_mm, preset.shape_vox)
         try:  # the fixed training grid is centred on the volume: a larger volume loses its borders
             lm_vox = check_landmarks_inside(case.landmarks_world, inp.array.shape, inp.affine, case.image_path)

@@ -222,6 +222,9 @@ BAD_VOLUMES = {
     "singular": (_singular, "singular"),
     "empty": (lambda t: write_nifti(t / "zeros.nii.gz", np.zeros((4, 4, 4), np.uint8)), "empty"),
     "suffix": (lambda t: (t / "vol.mha").write_text("x") and t / "vol.mha", "NIfTI"),
+    "complex": (lambda t: write_nifti(t / "complex.nii.gz", np.ones((4, 4, 4), np.complex64)), "complex"),
+    "RGB": (lambda t: write_nifti(t / "rgb.nii.gz", np.ones((4, 4, 4), [("R", "u1"), ("G", "u1"), ("B", "u1")])),
+            "colour"),
 }
 
 

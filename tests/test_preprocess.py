@@ -1,6 +1,8 @@
 """Intensity normalisation: robust percentiles of the voxels inside the field of view, the same
 bit for bit on a NumPy array and on a tensor (the detector's GPU path), and a detector that
-normalises after the copy to its device finds exactly what one that normalises first finds."""
+normalises after the copy to its device finds exactly what one that normalises first finds.
+The size of the model grid: a volume far larger than the training grid is refused before it
+is resampled."""
 
 from __future__ import annotations
 
@@ -11,8 +13,13 @@ import pytest
 import torch
 
 from rpn_lib.data import synth
-from rpn_lib.data.preprocess import normalize_intensity, prepare_volume
+from rpn_lib.data.dataset import LandmarkDataset, write_synthetic_dataset
+from rpn_lib.data.geometry import resample_to_spacing, resampled_shape
+from rpn_lib.data.io import load_volume, save_volume
+from rpn_lib.data.preprocess import check_grid_size, normalize_intensity, prepare_volume
 from rpn_lib.detect import Detector
+from rpn_lib.errors import DataError
+from rpn_lib.train import load_training_set
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "ig-rpn-cpu-small" / "model.pt"
 
@@ -83,3 +90,38 @@ def test_only_a_float64_device_normalises_after_the_copy() -> None:
     for device, on_device in [("cpu", False), ("cuda", True), ("cuda:1", True), ("mps", False)]:
         det.device = torch.device(device)  # the rule reads only the device; nothing runs there
         assert det.normalize_on_device is on_device, device
+
+
+@pytest.mark.parametrize("spacing, target", [((0.8, 1.3, 2.1), 2.6), ((3.0, 0.5, 1.0), 1.3), ((2.6,) * 3, 2.6)])
+def test_resampled_shape_is_the_shape_resampling_gives(spacing: tuple[float, ...], target: float) -> None:
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, :3] = np.linalg.qr(np.arange(1, 10, dtype=float).reshape(3, 3) + np.eye(3))[0] @ affine[:3, :3]
+    volume = np.zeros((23, 31, 17), np.float32)
+    assert resampled_shape(volume.shape, affine, target) == resample_to_spacing(volume, affine, target)[0].shape
+
+
+def test_a_grid_far_larger_than_the_training_grid_is_refused_before_resampling() -> None:
+    training = (64, 64, 64)
+    # 4 times the training field of view per side: exactly 64 times its voxels, accepted
+    assert check_grid_size((256, 256, 256), np.diag([2.6, 2.6, 2.6, 1.0]), 2.6, training) == (256, 256, 256)
+    with pytest.raises(DataError, match="more than 64 times") as e:
+        check_grid_size((257, 256, 256), np.diag([2.6, 2.6, 2.6, 1.0]), 2.6, training)
+    # voxel sizes in the wrong unit: 200 mm voxels, refused with the header's numbers
+    with pytest.raises(DataError, match=r"3077 x 3077 x 3077 voxels .* 200 x 200 x 200 mm voxels") as e:
+        check_grid_size((40, 40, 40), np.diag([200.0, 200.0, 200.0, 1.0]), 2.6, training)
+    assert "header" in str(e.value)
+
+
+def test_detect_and_training_refuse_a_volume_with_voxel_sizes_not_in_mm(tmp_path: Path) -> None:
+    det = Detector.from_file(SHIPPED, device="cpu")
+    volume = np.random.default_rng(0).random((40, 40, 40), dtype=np.float32)
+    with pytest.raises(DataError, match="Are the voxel sizes in the header in mm"):
+        det.detect(volume, spacing_mm=200.0)                      # would need 108 GiB: refused at once
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, n=2, n_test=1, seed=0, preset=det.preset, progress=False)
+    image = next((data / "images").glob("*.nii.gz"))
+    vol = load_volume(image)
+    save_volume(image, vol.array, vol.affine * np.array([100.0, 100.0, 100.0, 1.0]))  # metres read as cm, say
+    with pytest.raises(DataError, match="Are the voxel sizes in the header in mm") as e:
+        load_training_set(LandmarkDataset(data, split="train"), det.preset, progress=False)
+    assert e.value.path == image

@@ -127,6 +127,17 @@ def grid_affine(affine: np.ndarray, spacing_mm: float) -> np.ndarray:
     return out
 
 
+def resampled_shape(shape: tuple[int, ...], affine: np.ndarray, spacing_mm: float) -> tuple[int, int, int]:
+    """The shape ``(D', H', W')`` that :func:`resample_to_spacing` gives a volume of ``shape``
+    voxels with ``affine``: axis ``a`` gets ``max(1, round(n_a * s_a / spacing_mm))`` voxels,
+    ``s_a`` its spacing in mm. Computed without touching any voxel, so that a caller can
+    refuse a grid too large to hold before allocating it."""
+    if len(shape) != 3:
+        raise ValueError(f"shape must have 3 sides, got {tuple(shape)}")
+    spacing = spacing_from_affine(check_affine(affine))
+    return tuple(max(1, int(round(n * s / spacing_mm))) for n, s in zip(shape, spacing))  # type: ignore[return-value]
+
+
 @overload
 def resample_to_spacing(
     volume: np.ndarray, affine: np.ndarray, spacing_mm: float, landmarks_world: None = None,
@@ -183,7 +194,7 @@ def resample_to_spacing(
     a = check_affine(affine)
     spacing = spacing_from_affine(a)
     new_aff = grid_affine(a, spacing_mm)
-    new_shape = tuple(max(1, int(round(n * s / spacing_mm))) for n, s in zip(vol.shape, spacing))
+    new_shape = resampled_shape(vol.shape, a, spacing_mm)
     # new voxel -> old voxel. The axes keep their directions, so this is diagonal up to
     # round-off; the general matrix is used anyway.
     m = np.linalg.solve(a, new_aff)

@@ -113,8 +113,8 @@ def load_volume(path: str | Path) -> Volume:
 
     Raises:
         DataError: naming the file, if it is missing, not NIfTI, unreadable or truncated,
-            not 3D, empty (no voxel, or every voxel 0), has NaN or infinite voxels, or has a
-            singular or non-finite affine.
+            not 3D, empty (no voxel, or every voxel 0), complex or colour-valued, has NaN or
+            infinite voxels, or has a singular or non-finite affine.
     """
     p = Path(path)
     if _has_suffix(p, VOLUME_SUFFIXES) is None:
@@ -125,6 +125,11 @@ def load_volume(path: str | Path) -> Volume:
         img = nib.load(p, mmap=False)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise DataError(f"not a NIfTI image ({type(img).__name__})", p)
+        kind = np.dtype(img.get_data_dtype()).kind
+        if kind not in "biuf":
+            what = "complex" if kind == "c" else "colour or structured"
+            raise DataError(f"voxels are {what} ({img.get_data_dtype()}), not intensities: save one real "
+                            f"channel (for complex data, its magnitude) as the image", p)
         array = np.asarray(img.get_fdata(dtype=np.float32))
         affine = img.affine
         units = img.header.get_xyzt_units()[0]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from rpn_lib.data.geometry import crop_or_pad_to_shape, resample_to_spacing, spacing_from_affine
+from rpn_lib.data.geometry import crop_or_pad_to_shape, resample_to_spacing, resampled_shape, spacing_from_affine
 from rpn_lib.errors import DataError
 
 
@@ -123,6 +124,49 @@ def intensity_warning(volume: np.ndarray) -> str | None:
     return (f"{negative:.0%} of the voxels are negative (minimum {float(v.min()):.4g}); voxels <= 0 count as "
             "outside the probe's field of view. B-mode intensities start at 0: shift or rescale signed or "
             "z-scored data to start at 0 first.")
+
+
+MAX_GRID_FACTOR = 64
+"""A volume whose model grid would hold more than this many times the voxels of the preset's
+training grid is refused by :func:`check_grid_size`: 64 times is 4 times the field of view per
+side (666 mm at both presets), more than any ultrasound volume spans, and such a grid almost
+always means voxel sizes that are not in mm in the header."""
+
+
+def check_grid_size(shape: tuple[int, ...], affine: np.ndarray, spacing_mm: float,
+                    training_shape_vox: tuple[int, int, int],
+                    path: str | Path | None = None) -> tuple[int, int, int]:
+    """Refuse a volume too large for the model grid before it is resampled.
+
+    Args:
+        shape: ``(D, H, W)`` voxels of the volume as read.
+        affine: its ``(4, 4)`` voxel -> world RAS mm.
+        spacing_mm: the model's isotropic spacing.
+        training_shape_vox: the preset's training grid ``(D, H, W)``.
+        path: the volume's file, named in the error.
+
+    Returns:
+        The shape of the volume on the model grid (:func:`~rpn_lib.data.geometry.resampled_shape`).
+
+    Raises:
+        DataError: the model grid would hold more than :data:`MAX_GRID_FACTOR` times the
+            training grid's voxels; the message gives the header's voxel size and field of view.
+    """
+    grid = resampled_shape(shape, affine, spacing_mm)
+    n_grid = float(np.prod(np.asarray(grid, dtype=np.float64)))
+    limit = MAX_GRID_FACTOR * float(np.prod(training_shape_vox))
+    if n_grid > limit:
+        spacing = spacing_from_affine(affine)
+        extent = np.asarray(shape) * spacing
+        x = " x ".join
+        raise DataError(
+            f"on the model's grid of {spacing_mm:g} mm voxels this volume would be "
+            f"{x(str(n) for n in grid)} voxels ({n_grid * 4 / 2**30:,.1f} GiB as float32), more than "
+            f"{MAX_GRID_FACTOR} times the {x(str(n) for n in training_shape_vox)} voxels of the training grid. "
+            f"Are the voxel sizes in the header in mm? It gives {x(f'{v:g}' for v in spacing.round(4))} mm "
+            f"voxels, a field of view of {x(f'{v:g}' for v in extent.round(1))} mm. Fix the header's "
+            f"voxel size, or crop the volume around the face.", path)
+    return grid
 
 
 def _round_up(n: int, multiple: int) -> int:
