@@ -579,7 +579,7 @@ def _register_view(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", type=Path, help="NIfTI volume (.nii, .nii.gz)")
     p.add_argument("--model", type=Path, default=None, help="model.pt of a training run: detect and show the candidates")
-    p.add_argument("--landmarks", type=Path, default=None, metavar="FILE", help="landmark file (.mrk.json or .csv, world mm) to draw")
+    p.add_argument("--landmarks", type=Path, default=None, metavar="FILE", help="landmark file (.mrk.json, .csv or .fcsv, world mm) to draw")
     _add_label_map_arg(p)
     p.add_argument("--no-prior", dest="use_prior", action="store_false",
                    help="with --model: mark the top candidate of each class instead of the graph prior's choice")

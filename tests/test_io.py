@@ -323,6 +323,70 @@ BAD_LANDMARKS = {
 }
 
 
+FCSV_COLUMNS = "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+
+
+def _fcsv(points_ras: np.ndarray, header: str, lps: bool, labels=LANDMARK_NAMES) -> str:
+    """A fiducial list as Slicer writes it: ``header`` lines, then id,x,y,z,...,label rows."""
+    out = (points_ras * np.array([-1, -1, 1]) if lps else points_ras).tolist()
+    rows = [f"vtkMRMLMarkupsFiducialNode_{k},{x!r},{y!r},{z!r},0,0,0,1,1,1,0,{lab},,vtkMRMLScalarVolumeNode1"
+            for k, (lab, (x, y, z)) in enumerate(zip(labels, out))]
+    return header + "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("header, lps", [
+    ("# Markups fiducial file version = 4.13\n# CoordinateSystem = LPS\n" + FCSV_COLUMNS, True),   # Slicer >= 4.11
+    ("# Markups fiducial file version = 4.13\n# CoordinateSystem = RAS\n" + FCSV_COLUMNS, False),
+    ("# Markups fiducial file version = 4.10\n# CoordinateSystem = 0\n" + FCSV_COLUMNS, False),   # before 4.11
+    ("# Markups fiducial file version = 4.6\n# CoordinateSystem = 1\n" + FCSV_COLUMNS, True),
+    ("# Markups fiducial file version = 4.4\n" + FCSV_COLUMNS, False),   # no system: RAS
+    ("#CoordinateSystem=LPS\n", True),                                  # no columns line: Slicer's
+])
+def test_slicer_fcsv_is_read_in_its_coordinate_system(tmp_path: Path, header: str, lps: bool) -> None:
+    world = voxel_to_world(np.array([[10, 20, 5], [11.5, 22, 6], [13, 20, 5], [12, 25, 9], [12, 30, 12.25]]), ROT_ANISO)
+    path = tmp_path / "case.fcsv"
+    path.write_text(_fcsv(world, header, lps))
+    np.testing.assert_array_equal(load_landmarks(path), world)
+    reordered = tmp_path / "reordered.fcsv"   # columns in another order, extra labels, a label map
+    reordered.write_text("# CoordinateSystem = RAS\n# columns = label,z,y,x\n"
+                         + "".join(f"L{k},{z!r},{y!r},{x!r}\n" for k, (x, y, z) in enumerate(world.tolist())) + "nasion,0,0,0\n")
+    mapped = load_landmarks(reordered, label_map={f"L{k}": n for k, n in enumerate(LANDMARK_NAMES)})
+    np.testing.assert_array_equal(mapped, world)
+
+
+def test_a_dataset_folder_takes_fcsv_landmarks_and_fcsv_is_not_written(tmp_path: Path) -> None:
+    from rpn_lib.data.dataset import LandmarkDataset
+
+    world = voxel_to_world(np.array([[2, 2, 2], [3, 2, 2], [4, 2, 2], [3, 4, 2], [3, 5, 3.5]]), np.eye(4))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "landmarks").mkdir()
+    write_nifti(tmp_path / "images" / "c1.nii.gz", np.ones((8, 8, 8), np.float32), np.eye(4))
+    (tmp_path / "landmarks" / "c1.fcsv").write_text(_fcsv(world, "# CoordinateSystem = LPS\n" + FCSV_COLUMNS, True))
+    np.testing.assert_array_equal(LandmarkDataset(tmp_path)[0].landmarks_world, world)
+    with pytest.raises(ValueError, match="legacy .fcsv is read, not written"):
+        save_landmarks(tmp_path / "out.fcsv", world)
+
+
+BAD_FCSV = {
+    "no label column": ("# columns = id,x,y,z\n0,1,2,3\n", "must name x, y, z and label"),
+    "unknown system": ("# CoordinateSystem = IJK\n" + FCSV_COLUMNS + "0,1,2,3,0,0,0,1,1,1,0,left_eye,,\n", "IJK"),
+    "no points": ("# CoordinateSystem = LPS\n" + FCSV_COLUMNS, "no points"),
+    "short row": (FCSV_COLUMNS + "0,1,2\n", "columns"),
+    "not a number": (FCSV_COLUMNS + "0,1,two,3,0,0,0,1,1,1,0,left_eye,,\n", "not all numbers"),
+    "missing landmark": (FCSV_COLUMNS + "0,1,2,3,0,0,0,1,1,1,0,left_eye,,\n", "missing landmark"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FCSV))
+def test_bad_fcsv_raises_data_error_naming_the_file(tmp_path: Path, case: str) -> None:
+    text, what = BAD_FCSV[case]
+    path = tmp_path / "lm.fcsv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=what) as e:
+        load_landmarks(path)
+    assert str(path) in str(e.value)
+
+
 @pytest.mark.parametrize("case", sorted(BAD_LANDMARKS))
 def test_bad_landmarks_raise_data_error_naming_the_file(tmp_path: Path, case: str) -> None:
     text, what = BAD_LANDMARKS[case]

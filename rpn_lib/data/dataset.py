@@ -4,7 +4,7 @@ Folder format (the same for real and synthetic data)::
 
     <root>/
       images/<case>.nii.gz        (or .nii) one 3D volume per case
-      landmarks/<case>.mrk.json   (or .csv) its five landmarks, matched by case id
+      landmarks/<case>.mrk.json   (or .csv, or Slicer's legacy .fcsv) its five landmarks, matched by case id
       splits.json                 optional: {"train": [case ids], "test": [case ids]}
       README.md                   optional dataset card
 
@@ -40,7 +40,7 @@ from rpn_lib.fileio import atomic_write, atomic_write_json
 from rpn_lib.landmarks import LANDMARK_NAMES
 from rpn_lib.presets import Preset, get_preset
 
-LANDMARK_FILE_SUFFIXES: tuple[str, ...] = (".mrk.json", ".csv")
+LANDMARK_FILE_SUFFIXES: tuple[str, ...] = (".mrk.json", ".csv", ".fcsv")
 SPLITS_FILE = "splits.json"
 CARD_FILE = "README.md"
 SYNTH_META_FILE = "synth.json"
@@ -127,7 +127,7 @@ class LandmarkDataset:
         if unmatched:
             shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
             raise DataError(
-                f"image(s) without a landmark file landmarks/<case>.mrk.json or .csv: {shown}", self.root
+                f"image(s) without a landmark file landmarks/<case>.mrk.json, .csv or .fcsv: {shown}", self.root
             )
         self.splits = self._read_splits()
         ids = sorted(images)

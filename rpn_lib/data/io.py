@@ -48,7 +48,9 @@ MARKUPS_SCHEMA = (
 """The ``@schema`` written into markups files (the current markups JSON schema of Slicer)."""
 
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
-LANDMARK_SUFFIXES: tuple[str, ...] = (".mrk.json", ".json", ".csv")
+LANDMARK_SUFFIXES: tuple[str, ...] = (".mrk.json", ".json", ".csv", ".fcsv")
+"""Landmark files :func:`load_landmarks` reads; :func:`save_landmarks` writes all but ``.fcsv``."""
+_WRITABLE_LANDMARK_SUFFIXES: tuple[str, ...] = (".mrk.json", ".json", ".csv")
 
 # Errors nibabel and the gzip/zlib layers raise on unreadable or truncated files.
 _READ_ERRORS = (EOFError, zlib.error, OSError, ValueError, ImageFileError, HeaderDataError, MemoryError)
@@ -318,15 +320,73 @@ def _load_csv(p: Path, label_map: Mapping[str, str] | None, names: Sequence[str]
     return _collect(p, labelled, label_map, names)
 
 
+# The columns Slicer writes in a .fcsv file (versions 4.6 to 5.x), used when its header has none.
+_FCSV_COLUMNS = ("id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock", "label", "desc",
+                 "associatedNodeID")
+# "# CoordinateSystem = ..." of a .fcsv: Slicer 4.11 and later write the name, earlier versions
+# the number of vtkMRMLStorageNode's enum (0 RAS, 1 LPS).
+_FCSV_SYSTEMS = {"RAS": "RAS", "0": "RAS", "LPS": "LPS", "1": "LPS"}
+
+
+def _load_fcsv(p: Path, label_map: Mapping[str, str] | None, names: Sequence[str]) -> np.ndarray:
+    """Slicer's legacy fiducial list: ``# key = value`` header lines, then one CSV row per point.
+
+    Choice: a file whose header names no coordinate system is read as RAS, what Slicer wrote
+    before it recorded one."""
+    text = _read_text(p)
+    columns, system, data = list(_FCSV_COLUMNS), "RAS", []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("#"):
+            key, eq, value = line.lstrip("# \t").partition("=")
+            key, value = key.strip().lower(), value.strip()
+            if eq and key == "coordinatesystem":
+                if value.upper() not in _FCSV_SYSTEMS:
+                    raise DataError(f"unknown CoordinateSystem {value!r} (expected LPS, RAS, 0 or 1)", p)
+                system = _FCSV_SYSTEMS[value.upper()]
+            elif eq and key == "columns":
+                columns = [c.strip() for c in value.split(",")]
+            continue
+        data.append(line)
+    lower = [c.lower() for c in columns]
+    if not all(c in lower for c in ("x", "y", "z", "label")):
+        raise DataError(f"the '# columns' line must name x, y, z and label, got {','.join(columns)!r}", p)
+    if not data:
+        raise DataError("the .fcsv file has no points", p)
+    try:
+        rows = list(csv.reader(data))
+    except csv.Error as e:
+        raise DataError(f"invalid .fcsv row: {e}", p) from None
+    idx = [lower.index(c) for c in ("x", "y", "z")]
+    i_label = lower.index("label")
+    labelled: list[tuple[str, np.ndarray]] = []
+    for n, row in enumerate(rows, start=1):
+        if len(row) <= max(idx + [i_label]):
+            raise DataError(f"point row {n} has {len(row)} columns, expected {len(columns)}: {row}", p)
+        label = row[i_label].strip()
+        cells = [row[i].strip() for i in idx]
+        try:
+            values = [float(c) for c in cells]
+        except ValueError:
+            raise DataError(f"point row {n} (label {label!r}): {cells} are not all numbers", p) from None
+        pos = _position(p, label, values)
+        labelled.append((label, lps_to_ras(pos) if system == "LPS" else pos))
+    return _collect(p, labelled, label_map, names)
+
+
 def load_landmarks(
     path: str | Path,
     label_map: Mapping[str, str] | None = None,
     names: Sequence[str] = LANDMARK_NAMES,
 ) -> np.ndarray:
-    """Read landmarks from a Slicer markups JSON (``.mrk.json``) or a CSV file.
+    """Read landmarks from a Slicer markups JSON (``.mrk.json``), a CSV file, or a legacy Slicer
+    fiducial list (``.fcsv``).
 
     Args:
-        path: ``.mrk.json`` (or ``.json``) markups, or ``.csv`` with header ``label,x,y,z``.
+        path: ``.mrk.json`` (or ``.json``) markups, ``.csv`` with header ``label,x,y,z``
+            (``label,l,p,s`` for LPS), or ``.fcsv`` (its ``# CoordinateSystem`` line says LPS
+            or RAS; none: RAS).
         label_map: maps the file's labels to ``names`` (e.g. ``{"LE": "left_eye"}``); labels
             not in the map are used as they are. Labels that match none of ``names`` are
             ignored.
@@ -336,8 +396,8 @@ def load_landmarks(
         ``(len(names), 3)`` world RAS mm, in ``names`` order.
 
     Raises:
-        DataError: naming the file: missing or unreadable, invalid JSON or CSV, no markups,
-            a missing or duplicated label, a NaN or infinite coordinate, an unknown
+        DataError: naming the file: missing or unreadable, invalid JSON or CSV, no markups
+            or points, a missing or duplicated label, a NaN or infinite coordinate, an unknown
             coordinate system, or units other than mm.
     """
     p = Path(path)
@@ -346,6 +406,8 @@ def load_landmarks(
         raise DataError(f"unknown landmark file type (expected one of {', '.join(LANDMARK_SUFFIXES)})", p)
     if suffix == ".csv":
         return _load_csv(p, label_map, names)
+    if suffix == ".fcsv":
+        return _load_fcsv(p, label_map, names)
     return _load_markups(p, label_map, names)
 
 
@@ -373,9 +435,12 @@ def save_landmarks(
         The path written.
     """
     p = Path(path)
-    suffix = _has_suffix(p, LANDMARK_SUFFIXES)
+    suffix = _has_suffix(p, _WRITABLE_LANDMARK_SUFFIXES)
     if suffix is None:
-        raise ValueError(f"{p}: landmark file name must end with one of {', '.join(LANDMARK_SUFFIXES)}")
+        legacy = " (Slicer's legacy .fcsv is read, not written: Slicer reads .mrk.json)" if p.name.lower().endswith(
+            ".fcsv") else ""
+        raise ValueError(f"{p}: landmark file name must end with one of "
+                         f"{', '.join(_WRITABLE_LANDMARK_SUFFIXES)}{legacy}")
     pts = np.asarray(points_world_ras, dtype=np.float64)
     if pts.shape != (len(names), 3):
         raise ValueError(f"points_world_ras must have shape ({len(names)}, 3), got {pts.shape}")
