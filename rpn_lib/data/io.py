@@ -285,6 +285,25 @@ def _load_markups(p: Path, label_map: Mapping[str, str] | None, names: Sequence[
     return _collect(p, labelled, label_map, names)
 
 
+def _labelled_rows(p: Path, rows: list[list[str]], xyz_columns: list[int], label_column: int, n_columns: int,
+                   system: str, what: str) -> list[tuple[str, np.ndarray]]:
+    """``(label, RAS position)`` of each CSV row: its label and x, y, z cells, read in ``system``
+    (``"LPS"`` or ``"RAS"``). ``what`` names a row in the errors ("CSV data row")."""
+    labelled: list[tuple[str, np.ndarray]] = []
+    for n, row in enumerate(rows, start=1):
+        if len(row) <= max(xyz_columns + [label_column]):
+            raise DataError(f"{what} {n} has {len(row)} columns, expected {n_columns}: {row}", p)
+        label = row[label_column].strip()
+        cells = [row[i].strip() for i in xyz_columns]
+        try:
+            values = [float(c) for c in cells]
+        except ValueError:
+            raise DataError(f"{what} {n} (label {label!r}): {cells} are not all numbers", p) from None
+        pos = _position(p, label, values)
+        labelled.append((label, lps_to_ras(pos) if system == "LPS" else pos))
+    return labelled
+
+
 _CSV_COLUMNS = ((("x", "y", "z"), "RAS"), (("r", "a", "s"), "RAS"), (("l", "p", "s"), "LPS"))
 
 
@@ -304,19 +323,7 @@ def _load_csv(p: Path, label_map: Mapping[str, str] | None, names: Sequence[str]
             break
     else:
         raise DataError(f"CSV header must be 'label,x,y,z' (RAS mm), got {','.join(rows[0])!r}", p)
-    i_label = header.index("label")
-    labelled: list[tuple[str, np.ndarray]] = []
-    for n, row in enumerate(rows[1:], start=1):
-        if len(row) <= max(idx + [i_label]):
-            raise DataError(f"CSV data row {n} has {len(row)} columns, expected {len(header)}: {row}", p)
-        label = row[i_label].strip()
-        cells = [row[i].strip() for i in idx]
-        try:
-            values = [float(c) for c in cells]
-        except ValueError:
-            raise DataError(f"CSV data row {n} (label {label!r}): {cells} are not all numbers", p) from None
-        pos = _position(p, label, values)
-        labelled.append((label, lps_to_ras(pos) if system == "LPS" else pos))
+    labelled = _labelled_rows(p, rows[1:], idx, header.index("label"), len(header), system, "CSV data row")
     return _collect(p, labelled, label_map, names)
 
 
@@ -359,19 +366,7 @@ def _load_fcsv(p: Path, label_map: Mapping[str, str] | None, names: Sequence[str
     except csv.Error as e:
         raise DataError(f"invalid .fcsv row: {e}", p) from None
     idx = [lower.index(c) for c in ("x", "y", "z")]
-    i_label = lower.index("label")
-    labelled: list[tuple[str, np.ndarray]] = []
-    for n, row in enumerate(rows, start=1):
-        if len(row) <= max(idx + [i_label]):
-            raise DataError(f"point row {n} has {len(row)} columns, expected {len(columns)}: {row}", p)
-        label = row[i_label].strip()
-        cells = [row[i].strip() for i in idx]
-        try:
-            values = [float(c) for c in cells]
-        except ValueError:
-            raise DataError(f"point row {n} (label {label!r}): {cells} are not all numbers", p) from None
-        pos = _position(p, label, values)
-        labelled.append((label, lps_to_ras(pos) if system == "LPS" else pos))
+    labelled = _labelled_rows(p, rows, idx, lower.index("label"), len(columns), system, "point row")
     return _collect(p, labelled, label_map, names)
 
 
