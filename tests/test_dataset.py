@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -213,3 +214,24 @@ def test_synthetic_split_cases_match_the_written_dataset(tmp_path) -> None:
         disk = on_disk[i]
         assert np.array_equal(np.asarray(mem.volume, dtype=np.float32), disk.volume)
         assert np.allclose(mem.landmarks_world, disk.landmarks_world, atol=1e-4)
+
+
+def test_a_split_sharing_cases_with_train_is_warned_about(five: Path) -> None:
+    splits = json.loads((five / "splits.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # disjoint splits: no warning
+        LandmarkDataset(five, split="test")
+        LandmarkDataset(five, split="train")
+    leaked = splits["train"][:2]
+    (five / "splits.json").write_text(json.dumps({**splits, "test": splits["test"] + leaked}))
+    with pytest.warns(UserWarning, match=rf"2 case\(s\) of split 'test' are also in 'train' \({leaked[0]}, {leaked[1]}\)"):
+        test = LandmarkDataset(five, split="test")
+    assert len(test) == 4                                    # still loaded: the warning informs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LandmarkDataset(five, split="train")                 # train itself is not warned about
+        LandmarkDataset(five)                                # nor every case
+    (five / "splits.json").write_text(json.dumps({**splits, "val": leaked}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LandmarkDataset(five, split="val")                   # rpn_lib.validation checks validation cases

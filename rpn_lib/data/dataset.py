@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -87,9 +88,14 @@ class LandmarkDataset:
 
     Raises:
         DataError: missing folder or ``images/`` folder, no images, an image without a
-            landmark file (or with both a ``.mrk.json`` and a ``.csv``), two images with the
-            same case id, a split asked without ``splits.json``, an invalid ``splits.json``,
-            an unknown split name, or a split that lists a missing case.
+            landmark file (or with two landmark files), two images with the same case id, a
+            split asked without ``splits.json``, an invalid ``splits.json``, an unknown split
+            name, or a split that lists a missing case.
+
+    Warns:
+        UserWarning: the ``"test"`` split shares cases with ``"train"`` (test scores on them
+            would flatter a model trained on ``"train"``; validation splits are checked by
+            :class:`rpn_lib.validation.Validator` against the cases trained on).
     """
 
     def __init__(
@@ -144,6 +150,12 @@ class LandmarkDataset:
                 raise DataError(f"split {split!r} lists case(s) with no image: {missing[:5]}", self.root / SPLITS_FILE)
             keep = set(wanted)
             ids = [c for c in ids if c in keep]
+            # Validation splits are checked against the cases actually trained on by rpn_lib.validation.
+            shared = sorted(keep & set(self.splits.get("train", []))) if split == "test" else []
+            if shared:
+                warnings.warn(f"{self.root / SPLITS_FILE}: {len(shared)} case(s) of split 'test' are also in "
+                              f"'train' ({', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}): a model "
+                              "trained on 'train' scores too well on them", stacklevel=2)
         self.case_ids: list[str] = ids
         self._images = images
         self._landmarks = landmarks
