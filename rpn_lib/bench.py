@@ -27,7 +27,8 @@ table (:func:`format_report`) and writes the whole result as JSON. What is measu
   of :mod:`rpn_lib.baselines` (heatmap regression, SSD, Faster R-CNN) and MONAI's RetinaNet
   (:mod:`rpn_lib.baselines.retinanet_peer`), network and end to end, timed in the same rounds
   as the IG-RPN (each round runs every model once, in a rotating order) and reported as the
-  median of the per-round ratios, with their range;
+  median of the per-round ratios, with their range; in fp32, and again with every model under
+  the detector's autocast where that precision is measured (``peers_amp``);
 - the memory allocator side by side: detection latency in a child process with the other
   setting of :func:`rpn_lib.allocator.retain_freed_memory` (kept freed memory against glibc
   as it comes), as a ratio;
@@ -825,11 +826,13 @@ PEERS = {
 all run through a :class:`~rpn_lib.detect.Detector`."""
 
 
-def retinanet_peer(preset: Preset, device: str | torch.device = "auto", seed: int = 0) -> tuple[nn.Module, Detector | None]:
+def retinanet_peer(preset: Preset, device: str | torch.device = "auto", seed: int = 0,
+                   amp: bool = False) -> tuple[nn.Module, Detector | None]:
     """MONAI's RetinaNet for ``preset`` with random weights, from
     :func:`rpn_lib.baselines.retinanet_peer.build_retinanet`: its network, and a
     :class:`~rpn_lib.detect.Detector` around it (``RetinaNetPeerDetector``, with a graph prior
-    fitted on synthetic landmarks) when that module provides one, else None. Raises
+    fitted on synthetic landmarks and the detector's ``amp``) when that module provides one,
+    else None. Raises
     ``ImportError`` (or the module's error naming the ``[peers]`` extra) when MONAI or the
     module is not there."""
     from rpn_lib.baselines import retinanet_peer as rp
@@ -841,7 +844,8 @@ def retinanet_peer(preset: Preset, device: str | torch.device = "auto", seed: in
         raise TypeError(f"build_retinanet returned {type(obj).__name__}, not a torch module")
     det = None
     if hasattr(rp, "RetinaNetPeerDetector"):
-        det = rp.RetinaNetPeerDetector(obj, preset, GraphPrior.fit(synthetic_landmarks(preset, seed=seed)), device=device)
+        det = rp.RetinaNetPeerDetector(obj, preset, GraphPrior.fit(synthetic_landmarks(preset, seed=seed)), device=device,
+                                       amp=amp)
     return net, det
 
 
@@ -852,27 +856,29 @@ def _peer_row(name: str) -> dict[str, Any]:
             "rounds": 0, "runs_network_ms": [], "runs_end_to_end_ms": [], "gflop": None, "memory": None}
 
 
-def _build_peer(name: str, p: Preset, dev: torch.device, seed: int) -> tuple[nn.Module, Detector | None]:
+def _build_peer(name: str, p: Preset, dev: torch.device, seed: int,
+                amp: bool = False) -> tuple[nn.Module, Detector | None]:
     """A peer's network (for the FLOP count, and the timing when it has no detector) and its
-    detector (None: network only)."""
+    detector (None: network only), with autocast when ``amp``."""
     if name == "retinanet":
-        return retinanet_peer(p, dev, seed)
+        return retinanet_peer(p, dev, seed, amp)
     if name == ONE_CONV_PEER:
-        det = untrained_detector(p.replace(block1_convs=1), dev, seed=seed, method="rpn")
+        det = untrained_detector(p.replace(block1_convs=1), dev, amp=amp, seed=seed, method="rpn")
     else:
-        det = untrained_detector(p, dev, seed=seed, method=name)
+        det = untrained_detector(p, dev, amp=amp, seed=seed, method=name)
     return det.loaded.model, det  # the network as trained (the FLOP count needs plain layers)
 
 
 def _runner(det: Detector | None, net: nn.Module, volume: np.ndarray, affine: np.ndarray, grid: Sequence[int],
-            dev: torch.device) -> Callable[[int, int], tuple[float | None, float, dict[str, Any]]]:
+            dev: torch.device, precision: str = "fp32") -> Callable[[int, int], tuple[float | None, float, dict[str, Any]]]:
     """``run(repeats, warmup)`` -> (median end-to-end ms or None, median network ms, memory):
-    :func:`bench_detect` of ``det``, or :func:`time_forward` of ``net`` when there is no detector."""
+    :func:`bench_detect` of ``det`` (which has its own ``amp``), or :func:`time_forward` of
+    ``net`` in ``precision`` when there is no detector."""
     def run(repeats: int, warmup: int) -> tuple[float | None, float, dict[str, Any]]:
         if det is not None:
             d = bench_detect(det, volume, affine, repeats, warmup)
             return d["end_to_end"]["median_ms"], d["network_ms"], d["memory"]
-        r = time_forward(net, grid, ForwardSetting(), dev, repeats, warmup)
+        r = time_forward(net, grid, ForwardSetting(precision=precision), dev, repeats, warmup)
         return None, r["ms_per_volume"], r["memory"]
     return run
 
@@ -893,14 +899,36 @@ def _paired(mine: Sequence[float | None], other: Sequence[float | None]) -> tupl
     return _r(med, 3), (None if span is None else [_r(v, 3) for v in span]), slower
 
 
-def igrpn_peer_times(preset_result: Mapping[str, Any]) -> dict[str, float | None]:
-    """The IG-RPN's ``network_ms`` and ``end_to_end_ms`` that a preset's peers are compared
-    with: the medians of the rounds it ran in beside them (``peers_paired``), or, in results
-    written before peers were interleaved, its detection benchmark (``detect["fp32"]``)."""
-    paired = preset_result.get("peers_paired")
+def peer_results(preset_result: Mapping[str, Any],
+                 precision: str = "fp32") -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """A preset's peer rows in ``precision`` and what :func:`bench_peers` said of their rounds
+    (its result less ``rows``; None in files written before peers were timed in rounds):
+    ``peers`` and ``peers_paired`` for fp32, ``peers_amp`` for the detector's autocast
+    precision; ``([], None)`` when the peers were not measured in ``precision``."""
+    if precision == "fp32":
+        return list(preset_result.get("peers", [])), preset_result.get("peers_paired")
+    amp = preset_result.get("peers_amp")
+    if amp and amp.get("precision") == precision:
+        return list(amp["rows"]), {k: v for k, v in amp.items() if k != "rows"}
+    return [], None
+
+
+def peer_precisions(bench_result: Mapping[str, Any]) -> list[str]:
+    """The precisions some preset of a :func:`run_benchmark` result timed its peers in: fp32
+    first, then the autocast precision where its peers were timed too."""
+    amp = [r["peers_amp"]["precision"] for r in bench_result["presets"].values() if r.get("peers_amp")]
+    return ["fp32", *dict.fromkeys(amp)]
+
+
+def igrpn_peer_times(preset_result: Mapping[str, Any], precision: str = "fp32") -> dict[str, float | None]:
+    """The IG-RPN's ``network_ms`` and ``end_to_end_ms`` that a preset's peers in ``precision``
+    are compared with: the medians of the rounds it ran in beside them (:func:`peer_results`),
+    or, in results written before peers were interleaved, its detection benchmark
+    (``detect[precision]``)."""
+    paired = peer_results(preset_result, precision)[1]
     if paired:
         return {"network_ms": paired["igrpn"]["network_ms"], "end_to_end_ms": paired["igrpn"]["end_to_end_ms"]}
-    d = preset_result["detect"]["fp32"]
+    d = preset_result["detect"][precision]
     return {"network_ms": d["network_ms"], "end_to_end_ms": d["end_to_end"]["median_ms"]}
 
 
@@ -916,8 +944,9 @@ def paired_range_text(pe: Mapping[str, Any]) -> str:
 def bench_peers(preset: str | Preset, igrpn: Detector, device: str | torch.device = "auto", rounds: int = 5,
                 warmup: int = 1, names: Sequence[str] = tuple(PEERS), volume: np.ndarray | None = None,
                 affine: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
-    """Each peer on the same volume as the IG-RPN detector ``igrpn`` (fp32, batch 1, random
-    weights), timed in the same rounds, as paired ratios.
+    """Each peer on the same volume as the IG-RPN detector ``igrpn`` (batch 1, random weights,
+    in ``igrpn``'s precision: fp32, or the autocast of its ``amp``), timed in the same rounds,
+    as paired ratios.
 
     A shared machine's speed drifts over minutes, so the models are not timed one after the
     other: after ``warmup`` runs and one run that measures each model's memory, every round
@@ -933,7 +962,7 @@ def bench_peers(preset: str | Preset, igrpn: Detector, device: str | torch.devic
     its network, through :func:`time_forward` on a random input of the IG-RPN's grid, and is
     compared with the IG-RPN's network time.
 
-    Returns ``rounds``, ``igrpn`` (its ``runs_network_ms`` and ``runs_end_to_end_ms`` per
+    Returns ``precision``, ``rounds``, ``igrpn`` (its ``runs_network_ms`` and ``runs_end_to_end_ms`` per
     round, and their medians ``network_ms``, ``end_to_end_ms``) and ``rows``, one per peer:
     ``name``, ``source``, ``available`` (False with ``reason`` when its module cannot be
     imported), ``error`` (it failed to run), ``network_ms`` and ``end_to_end_ms`` (medians
@@ -953,15 +982,16 @@ def bench_peers(preset: str | Preset, igrpn: Detector, device: str | torch.devic
         case = generate_case(seed, p.spacing_mm, p.shape_vox)
         volume, affine = case.volume, case.affine
     grid = tuple(igrpn.prepare(volume, affine).array.shape)
+    precision = amp_precision(igrpn.device) if igrpn.amp else "fp32"
     runners: dict[str, Callable[[int, int], tuple[float | None, float, dict[str, Any]]]] = {}
-    runners[IGRPN_KEY] = _runner(igrpn, igrpn.model, volume, affine, grid, dev)
+    runners[IGRPN_KEY] = _runner(igrpn, igrpn.model, volume, affine, grid, dev, precision)
     runners[IGRPN_KEY](1, warmup)
     rows = []
     for name in names:
         row = _peer_row(name)
         rows.append(row)
         try:
-            net, det = _build_peer(name, p, dev, seed)
+            net, det = _build_peer(name, p, dev, seed, amp=igrpn.amp)
         except (ImportError, RpnLibError) as e:  # a missing optional dependency (e.g. MONAI)
             row["reason"] = f"not available ({_error(e)})"
             continue
@@ -971,7 +1001,7 @@ def bench_peers(preset: str | Preset, igrpn: Detector, device: str | torch.devic
         row["available"] = True
         with contextlib.suppress(Exception):  # some layers have no meta kernel: leave the count out
             row["gflop"] = _r(count_flops(net, (1, 1, *grid)) / 1e9, 4)
-        run = _runner(det, net, volume, affine, grid, dev)
+        run = _runner(det, net, volume, affine, grid, dev, precision)
         try:
             row["memory"] = run(1, warmup)[2]
         except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
@@ -1011,8 +1041,8 @@ def bench_peers(preset: str | Preset, igrpn: Detector, device: str | torch.devic
         row["slower_rounds"] = slower_e2e if done_e2e else slower_net
     igrpn_res = {"runs_network_ms": mine_net, "runs_end_to_end_ms": mine_e2e,
                  "network_ms": _r(statistics.median(mine_net)), "end_to_end_ms": _r(statistics.median(mine_e2e))}
-    return {"rounds": rounds, "warmup": warmup, "order": "rotated by one model each round", "igrpn": igrpn_res,
-            "rows": rows}
+    return {"precision": precision, "rounds": rounds, "warmup": warmup, "order": "rotated by one model each round",
+            "igrpn": igrpn_res, "rows": rows}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1189,12 +1219,15 @@ def bench_preset(preset: Preset, device: torch.device, peaks: dict[str, dict[str
     res["levers"] = bench_levers(model, grid, device, repeats, warmup, threads, compile,
                                  settings=lever_settings(device, threads, compile, amp))
     res["peers"] = []
-    if peers:
-        log(f"{preset.name}: peers, interleaved with the IG-RPN")
-        paired = bench_peers(p, _bench_detector(loaded, p, device, "fp32", seed), device, repeats, warmup,
+    for prec in precisions if peers else []:
+        log(f"{preset.name}: peers, interleaved with the IG-RPN, {prec}")
+        paired = bench_peers(p, _bench_detector(loaded, p, device, prec, seed), device, repeats, warmup,
                              names=peers, volume=case.volume, affine=case.affine, seed=seed)
-        res["peers"] = paired.pop("rows")
-        res["peers_paired"] = paired
+        rows = paired.pop("rows")
+        if prec == "fp32":
+            res["peers"], res["peers_paired"] = rows, paired
+        else:  # the same comparison in the detector's autocast precision
+            res["peers_amp"] = {**paired, "rows": rows}
         gc.collect()
     del model
     gc.collect()
@@ -1457,6 +1490,33 @@ def _bf16_line(m: dict[str, Any]) -> str:
     return f", bf16 emulated ({m.get('cpu_capability')})"
 
 
+def _peers_markdown(pres: Mapping[str, Any], precision: str) -> list[str]:
+    """The peers table of :func:`format_report` for one precision (presets without peers in
+    it are left out, but for fp32, where older files may hold none)."""
+    rows, rounds = [], set()
+    for name, r in pres.items():
+        peers, paired = peer_results(r, precision)
+        if precision != "fp32" and not peers:
+            continue
+        if paired:
+            rounds.add(paired["rounds"])
+        mine = igrpn_peer_times(r, precision)
+        rows.append([name, "IG-RPN", _f(mine["network_ms"]), "1.00", _f(mine["end_to_end_ms"]), "1.00", "",
+                     _g(r["gflop_forward"]), _mem(r["detect"][precision]["memory"]), ""])
+        for pe in peers:
+            note = pe["reason"] or pe["error"] or ("network only" if pe["end_to_end_ms"] is None else "")
+            rows.append([name, pe["name"], _f(pe["network_ms"]), _f(pe["x_igrpn_network"], 2), _f(pe["end_to_end_ms"]),
+                         _f(pe["x_igrpn_end_to_end"], 2), paired_range_text(pe), _g(pe["gflop"]), _mem(pe["memory"]),
+                         note])
+    n_rounds = "/".join(map(str, sorted(rounds)))
+    how = (f"medians of {n_rounds} round{'' if rounds == {1} else 's'}, every model once per round in a rotating order; "
+           "x IG-RPN: median of the per-round ratios" if rounds else "x IG-RPN: ratio of medians")
+    what = "fp32" if precision == "fp32" else f"{precision} autocast, every model"
+    return ["", f"## Peers on the same input ({what}, batch 1, ms per volume; {how}; above 1 is slower)", "",
+            *_table(["preset", "model", "network", "x IG-RPN", "end to end", "x IG-RPN", "per-round x (end to end)",
+                     "GFLOP", "peak MB", "note"], rows)]
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The benchmark result as Markdown tables (also readable as plain fixed-width text)."""
     m, st = result["machine"], result["settings"]
@@ -1532,24 +1592,8 @@ def format_report(result: dict[str, Any]) -> str:
             for name, r in pres.items() for lv in r["levers"]]
     out += ["", "## Levers (network forward pass, ms per volume; x baseline below 1 is faster)", ""]
     out += _table(["preset", "setting", "ms/volume", "x baseline", "peak MB", "error"], rows)
-    rows = []
-    for name, r in pres.items():
-        d = r["detect"]["fp32"]
-        mine = igrpn_peer_times(r)
-        rows.append([name, "IG-RPN", _f(mine["network_ms"]), "1.00", _f(mine["end_to_end_ms"]), "1.00", "",
-                     _g(r["gflop_forward"]), _mem(d["memory"]), ""])
-        for pe in r["peers"]:
-            note = pe["reason"] or pe["error"] or ("network only" if pe["end_to_end_ms"] is None else "")
-            rows.append([name, pe["name"], _f(pe["network_ms"]), _f(pe["x_igrpn_network"], 2), _f(pe["end_to_end_ms"]),
-                         _f(pe["x_igrpn_end_to_end"], 2), paired_range_text(pe), _g(pe["gflop"]), _mem(pe["memory"]),
-                         note])
-    rounds = {r["peers_paired"]["rounds"] for r in pres.values() if r.get("peers_paired")}
-    n_rounds = "/".join(map(str, sorted(rounds)))
-    how = (f"medians of {n_rounds} round{'' if rounds == {1} else 's'}, every model once per round in a rotating order; "
-           "x IG-RPN: median of the per-round ratios" if rounds else "x IG-RPN: ratio of medians")
-    out += ["", f"## Peers on the same input (fp32, batch 1, ms per volume; {how}; above 1 is slower)", ""]
-    out += _table(["preset", "model", "network", "x IG-RPN", "end to end", "x IG-RPN", "per-round x (end to end)",
-                   "GFLOP", "peak MB", "note"], rows)
+    for prec in peer_precisions(result):
+        out += _peers_markdown(pres, prec)
     alloc = [(name, r["allocator"]) for name, r in pres.items() if r.get("allocator")]
     if alloc:
         a0 = alloc[0][1]

@@ -751,8 +751,9 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (a smoke test, not a measurement)")
     p.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
     p.add_argument("--peers", type=_peer_list, default="all", metavar="NAMES",
-                   help="comparison models measured at the same input, comma-separated (igrpn-1conv, heatmap, "
-                   "ssd, faster-rcnn, retinanet), all, or none")
+                   help="comparison models timed beside the IG-RPN at the same input, in fp32 and in the "
+                   "--autocast precision, comma-separated (igrpn-1conv, heatmap, ssd, faster-rcnn, retinanet), "
+                   "all, or none")
     p.add_argument("--accuracy-data", type=Path, default=None, metavar="DIR",
                    help="dataset folder: compare d-mean of --model in fp32 and autocast on its test split")
     _add_device_arg(p)

@@ -272,7 +272,7 @@ def test_peers_run_in_rotating_rounds_and_ratios_are_paired(tiny, monkeypatch) -
     # fake clocks: the IG-RPN takes 10, 20, 30 ms in rounds 1-3, the ssd 12, 18, 45 ms
     clock = {bench.IGRPN_KEY: iter([5.0, 10.0, 20.0, 30.0]), "ssd": iter([5.0, 12.0, 18.0, 45.0])}
 
-    def fake_runner(d, net, volume, affine, grid, dev):
+    def fake_runner(d, net, volume, affine, grid, dev, precision="fp32"):
         key = bench.IGRPN_KEY if d is det else "ssd"
 
         def run(repeats, warmup):
@@ -301,7 +301,7 @@ def test_a_peer_failing_in_a_round_keeps_its_error(tiny, monkeypatch) -> None:
     det = bench.untrained_detector(p, CPU)
     n = {"ssd": 0}
 
-    def fake_runner(d, net, volume, affine, grid, dev):
+    def fake_runner(d, net, volume, affine, grid, dev, precision="fp32"):
         def run(repeats, warmup):
             if d is not det:
                 n["ssd"] += 1
@@ -315,6 +315,28 @@ def test_a_peer_failing_in_a_round_keeps_its_error(tiny, monkeypatch) -> None:
     (row,) = res["rows"]
     assert row["error"] == "RuntimeError: out of memory" and row["rounds"] == 1
     assert row["runs_end_to_end_ms"] == [10.0, None, None] and row["x_igrpn_end_to_end"] == 1.0
+
+
+def test_peers_run_in_the_precision_of_the_igrpn_detector(tiny, monkeypatch) -> None:
+    """Beside an IG-RPN detector with ``amp``, every peer's detector has ``amp`` too, and the
+    result says which precision the rounds ran in."""
+    p, case = tiny
+    built: list = []
+    real = bench._build_peer
+
+    def spy(name, preset, dev, seed, amp=False):
+        net, det = real(name, preset, dev, seed, amp=amp)
+        built.append(det)
+        return net, det
+
+    monkeypatch.setattr(bench, "_build_peer", spy)
+    for amp, precision in ((True, "bf16"), (False, "fp32")):
+        built.clear()
+        res = bench.bench_peers(p, bench.untrained_detector(p, CPU, amp=amp), CPU, rounds=1, warmup=0,
+                                names=("ssd", bench.ONE_CONV_PEER), volume=case.volume, affine=case.affine)
+        assert res["precision"] == precision and len(built) == 2
+        assert all(det.amp is amp for det in built)
+        assert all(row["error"] is None and row["end_to_end_ms"] > 0 for row in res["rows"])
 
 
 def test_peer_list_words() -> None:
@@ -389,6 +411,9 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
         assert r["levers"][0]["x_baseline"] == 1.0
         assert [row["name"] for row in r["layers"]["rows"]][:1] == ["backbone.block1.0.0"]
         assert [pe["name"] for pe in r["peers"]] == ["ssd"]
+        amp = r["peers_amp"]  # the same peers again, every model under the detector's bf16 autocast
+        assert amp["precision"] == "bf16" and [pe["name"] for pe in amp["rows"]] == ["ssd"]
+        assert amp["rounds"] == r["peers_paired"]["rounds"] == 1 and amp["igrpn"]["end_to_end_ms"] > 0
         pe = r["peers"][0]
         assert pe["available"] in (True, False) and (pe["available"] or pe["reason"])
         if pe["available"] and not pe["error"]:  # one round: the ratio is that round's
@@ -423,7 +448,7 @@ def test_quick_command_writes_json_and_table(quick_run, capsys) -> None:
     table = md.read_text()
     assert table in printed and f"wrote {out} and {md}" in printed
     for heading in ("Detection latency", "Reading files ahead", "hardware limit", "Training step", "Levers", "Peers",
-                    "volume size", "autocast", "Allocator"):
+                    "volume size", "autocast", "Allocator", "Peers on the same input (bf16 autocast, every model"):
         assert heading in table
     assert not list(out.parent.glob(".*tmp*"))  # atomic writes leave no temporary file
 

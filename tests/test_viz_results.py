@@ -25,6 +25,7 @@ from rpn_lib.errors import DataError  # noqa: E402
 from rpn_lib.landmarks import LANDMARK_NAMES  # noqa: E402
 from rpn_lib.paired import score_error_correlation  # noqa: E402
 from rpn_lib.presets import Preset, get_preset  # noqa: E402
+from rpn_lib import bench as bench_mod  # noqa: E402
 from rpn_lib.bench import ONE_CONV_PEER  # noqa: E402
 from rpn_lib.replicate import METRICS_FILE, MISSING, SHIPPED_VS_PEER, VARIANTS, build_tables  # noqa: E402
 from rpn_lib.viz import bench_results as B  # noqa: E402
@@ -515,7 +516,7 @@ def test_one_conv_deviation_gets_its_own_retinanet_check() -> None:
     paper = table["paper"]
     assert paper["timed"] == "end to end" and paper["x_retinanet"] == pytest.approx(1.25)
     assert paper["x_igrpn"] == pytest.approx(paper["one_conv_ms"] / paper["igrpn_ms"]) and paper["gflop_one_conv"] == 8.0
-    assert cells(B.one_conv_html(bench))[1][6] == "1.25×"
+    assert cells(B.one_conv_html(bench))[1][7] == "1.25×"
     for r in bench["presets"].values():  # slower than RetinaNet: a miss whatever the accuracy
         next(pe for pe in r["peers"] if pe["name"] == ONE_CONV_PEER)["end_to_end_ms"] = 1e6
     assert rows(budget(0.3, -0.5, 0.4, -0.1))["cpu-small, fp32, one conv in block 1 (deviation)"].met is False
@@ -744,8 +745,8 @@ def test_peers_timed_in_rounds_are_compared_round_by_round() -> None:
     mine = next(row for row in rows if row[0] == "paper" and row[1] == "IG-RPN")
     assert mine[2] == "100.0" and mine[4] == "110.0"  # the rounds' medians, not the detect section's
     assert next(row for row in rows if row[1] == "retinanet" and row[0] == "paper")[6] == "0.90-1.20, slower in 2 of 3"
-    assert ("paper: retinanet took 1.10x the IG-RPN's time end to end (median of the per-round ratios; per round "
-            "0.90-1.20, slower in 2 of 3 rounds)") in B.peer_round_lines(bench)
+    assert ("paper, fp32: retinanet took 1.10x the IG-RPN's time end to end (median of the per-round ratios; per "
+            "round 0.90-1.20, slower in 2 of 3 rounds)") in B.peer_round_lines(bench)
     (paper,) = [row for row in B.one_conv_rows(bench) if row["preset"] == "paper"]
     assert paper["igrpn_ms"] == 110.0 and paper["x_igrpn"] == 0.75
     assert paper["x_retinanet"] == pytest.approx(1.5)  # median of 1.5, 1.1, 2.2 (ratio of medians: 1.5 too)
@@ -754,6 +755,36 @@ def test_peers_timed_in_rounds_are_compared_round_by_round() -> None:
     assert paper["x_retinanet"] == pytest.approx(70.0 / 60.0)  # median of 1.5, 1.1, 1.167
     check = next(c for c in B.check_targets(bench) if c.where == "paper, fp32" and c.target.startswith("faster"))
     assert check.measured == pytest.approx(1.1) and "per-round ratio 0.90-1.20, slower in 2 of 3 rounds" in check.note
+
+
+def test_peers_timed_in_autocast_get_their_own_table_and_checks() -> None:
+    """``peers_amp`` (every model under the detector's autocast) is shown apart from fp32, and
+    its RetinaNet check counts only when the IG-RPN's autocast accuracy matched fp32's."""
+    bench = planted_bench(retina_x=0.9)  # fp32: RetinaNet faster
+    r = bench["presets"]["paper"]
+    amp_rows = copy.deepcopy(r["peers"])
+    retina = next(pe for pe in amp_rows if pe["name"] == "retinanet")
+    retina.update(end_to_end_ms=132.0, x_igrpn_end_to_end=1.2, x_igrpn_end_to_end_range=[1.1, 1.3],
+                  slower_rounds=3, rounds=3)
+    r["peers_amp"] = {"precision": "bf16", "rounds": 3, "rows": amp_rows,
+                      "igrpn": {"network_ms": 50.0, "end_to_end_ms": 110.0}}
+    assert bench_mod.peer_precisions(bench) == ["fp32", "bf16"]
+    assert bench_mod.peer_results(bench["presets"]["cpu-small"], "bf16") == ([], None)
+    amp_table = cells(B.peers_html(bench, "bf16"))
+    assert {row[0] for row in amp_table[1:]} == {"paper"}  # cpu-small has no bf16 peers: left out
+    assert next(row for row in amp_table if row[1] == "IG-RPN")[2] == "50.0"  # the bf16 rounds' IG-RPN
+    assert next(row for row in amp_table if row[1] == "retinanet")[5] == "1.20"
+    assert next(row for row in cells(B.peers_html(bench)) if row[1] == "retinanet" and row[0] == "paper")[5] == "0.90"
+
+    def checks(accuracy: dict) -> dict[str, B.TargetCheck]:
+        b = {**bench, "accuracy": accuracy}
+        return {c.where: c for c in B.check_targets(b) if c.target.startswith("faster")}
+
+    good = checks({"within_0_1_mm": True, "d_mean_diff_mm": 0.01})
+    assert good["paper, fp32"].met is False and good["paper, bf16"].met is True  # time only: no tables
+    assert good["paper, bf16"].measured == pytest.approx(1.2) and "times in bf16" in good["paper, bf16"].note
+    bad = checks({"within_0_1_mm": False, "d_mean_diff_mm": 0.3})
+    assert bad["paper, bf16"].met is None and "does not count" in bad["paper, bf16"].note
 
 
 def test_peer_tables_of_older_files_have_no_rounds_column() -> None:

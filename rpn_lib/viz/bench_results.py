@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from rpn_lib.bench import ONE_CONV_PEER, igrpn_peer_times, paired_range_text, paired_ratios, read_ahead_label
+from rpn_lib.bench import (ONE_CONV_PEER, igrpn_peer_times, paired_range_text, paired_ratios, peer_precisions,
+                           peer_results, read_ahead_label)
 from rpn_lib.replicate import MISSING, SHIPPED_VS_PEER
 from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 
@@ -465,14 +466,19 @@ def allocator_html(bench: Mapping[str, Any]) -> str:
                        "network, as it comes", "network, kept", "peak MB, as it comes", "peak MB, kept"], rows)
 
 
-def peers_html(bench: Mapping[str, Any]) -> str:
-    """The peers on the same input (fp32, batch 1) as ratios to the IG-RPN (above 1: slower)."""
+def peers_html(bench: Mapping[str, Any], precision: str = "fp32") -> str:
+    """The peers on the same input (batch 1) in ``precision`` (fp32, or the autocast precision
+    in which every model ran: :func:`rpn_lib.bench.peer_precisions`) as ratios to the IG-RPN
+    (above 1: slower). Presets without peers in an autocast precision are left out."""
     rows = []
     for name, r in bench["presets"].items():
-        mine = igrpn_peer_times(r)
+        peers = peer_results(r, precision)[0]
+        if precision != "fp32" and not peers:
+            continue
+        mine = igrpn_peer_times(r, precision)
         rows.append([name, "IG-RPN", fmt_num(mine["network_ms"]), "1.00", fmt_num(mine["end_to_end_ms"]), "1.00", "",
                      fmt_num(r.get("gflop_forward"), 3), ""])
-        for pe in r["peers"]:
+        for pe in peers:
             note = pe.get("reason") or pe.get("error") or ("network only" if pe["end_to_end_ms"] is None else "")
             rows.append([name, pe["name"], fmt_num(pe["network_ms"]), fmt_num(pe["x_igrpn_network"], 2),
                          fmt_num(pe["end_to_end_ms"]), fmt_num(pe["x_igrpn_end_to_end"], 2), paired_range_text(pe),
@@ -484,15 +490,17 @@ def peers_html(bench: Mapping[str, Any]) -> str:
     return html_table(header, rows)
 
 
-def peer_round_lines(bench: Mapping[str, Any], names: Sequence[str] = ("retinanet", ONE_CONV_PEER)) -> list[str]:
+def peer_round_lines(bench: Mapping[str, Any], names: Sequence[str] = ("retinanet", ONE_CONV_PEER),
+                     precision: str = "fp32") -> list[str]:
     """One sentence per preset and peer in ``names`` that was timed in rounds beside the
-    IG-RPN: its median per-round ratio and the spread (empty for older files)."""
+    IG-RPN in ``precision``: its median per-round ratio and the spread (empty for older files)."""
     lines = []
     for preset, r in bench["presets"].items():
-        for pe in r["peers"]:
+        for pe in peer_results(r, precision)[0]:
             if pe["name"] in names and pe.get("rounds") and pe.get("x_igrpn_end_to_end") is not None:
-                lines.append(f"{preset}: {pe['name']} took {pe['x_igrpn_end_to_end']:.2f}x the IG-RPN's time end to "
-                             f"end (median of the per-round ratios; per round {paired_range_text(pe)} rounds)")
+                lines.append(f"{preset}, {precision}: {pe['name']} took {pe['x_igrpn_end_to_end']:.2f}x the IG-RPN's "
+                             f"time end to end (median of the per-round ratios; per round {paired_range_text(pe)} "
+                             "rounds)")
     return lines
 
 
@@ -502,22 +510,28 @@ def peer_ratio(pe: Mapping[str, Any]) -> float | None:
 
 
 def plot_peers(bench: Mapping[str, Any]) -> Any:
-    """Each peer's time over the IG-RPN's (:func:`peer_ratio`), one group of bars per preset;
-    the line at 1 is the IG-RPN."""
+    """Each peer's time over the IG-RPN's (:func:`peer_ratio`), one bar per preset and
+    precision the peers were timed in (:func:`rpn_lib.bench.peer_precisions`; the autocast
+    bars hatched); the line at 1 is the IG-RPN."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
+    groups = [(name, prec) for prec in peer_precisions(bench) for name in bench["presets"]
+              if peer_results(bench["presets"][name], prec)[0]]
+    names = list(dict.fromkeys(pe["name"] for name, prec in groups
+                               for pe in peer_results(bench["presets"][name], prec)[0]))
     presets = list(bench["presets"])
-    names = list(dict.fromkeys(pe["name"] for r in bench["presets"].values() for pe in r["peers"]))
-    width = 0.8 / max(len(presets), 1)
-    for j, name in enumerate(presets):
-        peers = {pe["name"]: pe for pe in bench["presets"][name]["peers"]}
+    width = 0.8 / max(len(groups), 1)
+    for j, (name, prec) in enumerate(groups):
+        peers = {pe["name"]: pe for pe in peer_results(bench["presets"][name], prec)[0]}
         vals = []
         for n in names:
             pe = peers.get(n, {})
             v = peer_ratio(pe)
             vals.append(np.nan if v is None else v)
-        ax.bar(np.arange(len(names)) - 0.4 + width * (j + 0.5), vals, width=width * 0.95, color=f"C{j}", label=name)
+        ax.bar(np.arange(len(names)) - 0.4 + width * (j + 0.5), vals, width=width * 0.95,
+               color=f"C{presets.index(name)}", hatch=None if prec == "fp32" else "//", edgecolor="white",
+               label=f"{name}, {prec}")
     ax.axhline(1, color="0.3", lw=0.8)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("time / IG-RPN's time")
@@ -525,10 +539,11 @@ def plot_peers(bench: Mapping[str, Any]) -> Any:
     return fig
 
 
-def one_conv_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
+def one_conv_rows(bench: Mapping[str, Any], precision: str = "fp32") -> list[dict[str, Any]]:
     """The IG-RPN with one conv in block 1 (:data:`rpn_lib.bench.ONE_CONV_PEER`, a deviation)
-    against the paper's IG-RPN and MONAI's RetinaNet of the same run, per preset (fp32,
-    batch 1). Each row: ``preset``, ``timed`` (``"end to end"``, or ``"network"`` when a
+    against the paper's IG-RPN and MONAI's RetinaNet of the same run, per preset (batch 1, in
+    ``precision``: fp32 or the autocast precision the peers were also timed in). Each row:
+    ``preset``, ``precision``, ``timed`` (``"end to end"``, or ``"network"`` when a
     model has no end-to-end time), ``igrpn_ms``, ``one_conv_ms``, ``retinanet_ms``,
     ``x_igrpn`` (one-conv time over the IG-RPN's: below 1 is faster), ``x_retinanet``
     (RetinaNet's time over the one-conv model's: above 1, the one-conv model is faster),
@@ -538,13 +553,13 @@ def one_conv_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
     left out."""
     rows = []
     for name, r in bench["presets"].items():
-        peers = {pe["name"]: pe for pe in r["peers"]}
+        peers = {pe["name"]: pe for pe in peer_results(r, precision)[0]}
         one, retina = peers.get(ONE_CONV_PEER), peers.get("retinanet")
         if not one or not retina or any(pe.get("error") or pe.get("reason") for pe in (one, retina)):
             continue
         e2e = bool(one.get("end_to_end_ms") and retina.get("end_to_end_ms"))
         key = "end_to_end_ms" if e2e else "network_ms"
-        mine = igrpn_peer_times(r)[key]
+        mine = igrpn_peer_times(r, precision)[key]
         if not one.get(key) or not retina.get(key) or not mine:
             continue
         x_igrpn, x_retinanet = one[key] / mine, retina[key] / one[key]
@@ -552,7 +567,8 @@ def one_conv_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
         if runs_one and runs_retina:  # timed in the same rounds: medians of the per-round ratios
             x_igrpn = one["x_igrpn_" + key.removesuffix("_ms")]
             x_retinanet = paired_ratios(runs_one, runs_retina)[0] or x_retinanet
-        rows.append({"preset": name, "timed": "end to end" if e2e else "network", "igrpn_ms": mine,
+        rows.append({"preset": name, "precision": precision, "timed": "end to end" if e2e else "network",
+                     "igrpn_ms": mine,
                      "one_conv_ms": one[key], "retinanet_ms": retina[key], "x_igrpn": x_igrpn,
                      "x_retinanet": x_retinanet, "gflop_igrpn": r.get("gflop_forward"),
                      "gflop_one_conv": one.get("gflop")})
@@ -560,12 +576,13 @@ def one_conv_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def one_conv_html(bench: Mapping[str, Any]) -> str:
-    """:func:`one_conv_rows` as a table."""
-    rows = [[r["preset"], r["timed"], fmt_num(r["igrpn_ms"]), fmt_num(r["one_conv_ms"]), fmt_num(r["x_igrpn"], 2, "×"),
-             fmt_num(r["retinanet_ms"]), fmt_num(r["x_retinanet"], 2, "×"), fmt_num(r["gflop_igrpn"], 1),
-             fmt_num(r["gflop_one_conv"], 1)] for r in one_conv_rows(bench)]
-    return html_table(["preset", "timed", "IG-RPN ms", "one conv in block 1 ms", "× IG-RPN", "RetinaNet ms",
-                       "RetinaNet / one conv", "GFLOP IG-RPN", "GFLOP one conv"], rows)
+    """:func:`one_conv_rows` as a table, for every precision the peers were timed in."""
+    rows = [[r["preset"], r["precision"], r["timed"], fmt_num(r["igrpn_ms"]), fmt_num(r["one_conv_ms"]),
+             fmt_num(r["x_igrpn"], 2, "×"), fmt_num(r["retinanet_ms"]), fmt_num(r["x_retinanet"], 2, "×"),
+             fmt_num(r["gflop_igrpn"], 1), fmt_num(r["gflop_one_conv"], 1)]
+            for prec in peer_precisions(bench) for r in one_conv_rows(bench, prec)]
+    return html_table(["preset", "precision", "timed", "IG-RPN ms", "one conv in block 1 ms", "× IG-RPN",
+                       "RetinaNet ms", "RetinaNet / one conv", "GFLOP IG-RPN", "GFLOP one conv"], rows)
 
 
 def plot_layer_flops(layers: Sequence[Any], highlight: str = "block1.conv2", ax: Any = None) -> Any:
@@ -775,7 +792,10 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
       of the same precision);
     * candidates + prior under 5 % of the end-to-end time, at both presets;
     * faster than MONAI's RetinaNet at the same input, at equal or better accuracy: the paired
-      comparison with the peer is not significantly against the IG-RPN. With ``budget``
+      comparison with the peer is not significantly against the IG-RPN. One row per precision
+      the peers were timed in (:func:`rpn_lib.bench.peer_precisions`): fp32, and the autocast
+      precision, in which every model ran; the accuracy compared is the fp32 models', so an
+      autocast row counts only when the IG-RPN's autocast accuracy check passed. With ``budget``
       (``results/budget-3800/comparison.json``: the shipped model against the peer trained for
       the same 3,800 steps), its comparison under :data:`BUDGET_SETTING` decides, and the
       Table 1 comparison is quoted beside it; otherwise, with ``tables``, Table 1's (2,400
@@ -862,26 +882,36 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
             v = pair_verdict(pair)
             one_conv_acc = (None if v in ("missing", "mixed") else v in ("a", "none"),
                             f"accuracy at the shipped budget ({BUDGET_SETTING}, 1 seed): {describe_pair(pair)}")
-    for name, r in presets.items():
-        for pe in r["peers"]:
-            if pe["name"] != "retinanet":
-                continue
-            x = peer_ratio(pe)
-            faster = None if x is None else x > 1.0
-            if faster is None or (tables is None and budget is None) or not faster:
-                met = faster  # slower is a miss whatever the accuracy; without tables, time only
-            else:
-                met = acc_ok  # faster: met when the accuracy is equal or better, undecided when unknown
-            note = pe.get("reason") or pe.get("error") or acc_note or "accuracy not compared here"
-            spread = paired_range_text(pe)
-            out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)", f"{name}, fp32", x, 1.0,
-                                   "×", met, join(f"per-round ratio {spread} rounds" if spread else "", note, quick)))
-    for row in one_conv_rows(bench):
-        x1 = row["x_retinanet"]
-        met1 = one_conv_acc[0] if x1 > 1.0 else False
-        out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)",
-                               f"{row['preset']}, fp32, one conv in block 1 (deviation)", x1, 1.0, "×", met1,
-                               join(one_conv_acc[1], "" if row["timed"] == "end to end" else "network only", quick)))
+    for prec in peer_precisions(bench):
+        # in an autocast precision every model ran in it; the accuracy compared is the fp32
+        # models', which counts only when the IG-RPN's autocast accuracy matched its fp32 one
+        amp_gate = "" if prec == "fp32" else join(amp_note, f"times in {prec}, accuracy of fp32 models")
+        for name, r in presets.items():
+            for pe in peer_results(r, prec)[0]:
+                if pe["name"] != "retinanet":
+                    continue
+                x = peer_ratio(pe)
+                faster = None if x is None else x > 1.0
+                if faster is None or (tables is None and budget is None) or not faster:
+                    met = faster  # slower is a miss whatever the accuracy; without tables, time only
+                else:
+                    met = acc_ok  # faster: met when the accuracy is equal or better, undecided when unknown
+                if prec != "fp32" and faster and not amp_ok:
+                    met = None
+                note = pe.get("reason") or pe.get("error") or acc_note or "accuracy not compared here"
+                spread = paired_range_text(pe)
+                out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)", f"{name}, {prec}", x,
+                                       1.0, "×", met, join(f"per-round ratio {spread} rounds" if spread else "",
+                                                           note, amp_gate, quick)))
+        for row in one_conv_rows(bench, prec):
+            x1 = row["x_retinanet"]
+            met1 = one_conv_acc[0] if x1 > 1.0 else False
+            if prec != "fp32" and x1 > 1.0 and not amp_ok:
+                met1 = None
+            out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)",
+                                   f"{row['preset']}, {prec}, one conv in block 1 (deviation)", x1, 1.0, "×", met1,
+                                   join(one_conv_acc[1], "" if row["timed"] == "end to end" else "network only",
+                                        amp_gate, quick)))
     return out + gpu_target_checks(bench)
 
 
