@@ -820,7 +820,7 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
         return "; ".join(n.rstrip(".") for n in notes if n)
     presets = bench["presets"]
 
-    def gate(prec: str, met: bool) -> tuple[bool | None, str]:
+    def gate(prec: str, met: bool | None) -> tuple[bool | None, str]:
         if prec == "fp32":
             return met, ""
         return (met if amp_ok else None), amp_note
@@ -885,7 +885,7 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
     for prec in peer_precisions(bench):
         # in an autocast precision every model ran in it; the accuracy compared is the fp32
         # models', which counts only when the IG-RPN's autocast accuracy matched its fp32 one
-        amp_gate = "" if prec == "fp32" else join(amp_note, f"times in {prec}, accuracy of fp32 models")
+        fp32_accuracy = "" if prec == "fp32" else f"times in {prec}, accuracy of fp32 models"
         for name, r in presets.items():
             for pe in peer_results(r, prec)[0]:
                 if pe["name"] != "retinanet":
@@ -896,22 +896,19 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
                     met = faster  # slower is a miss whatever the accuracy; without tables, time only
                 else:
                     met = acc_ok  # faster: met when the accuracy is equal or better, undecided when unknown
-                if prec != "fp32" and faster and not amp_ok:
-                    met = None
+                met, amp_gate = gate(prec, met)
                 note = pe.get("reason") or pe.get("error") or acc_note or "accuracy not compared here"
                 spread = paired_range_text(pe)
                 out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)", f"{name}, {prec}", x,
                                        1.0, "×", met, join(f"per-round ratio {spread} rounds" if spread else "",
-                                                           note, amp_gate, quick)))
+                                                           note, amp_gate, fp32_accuracy, quick)))
         for row in one_conv_rows(bench, prec):
             x1 = row["x_retinanet"]
-            met1 = one_conv_acc[0] if x1 > 1.0 else False
-            if prec != "fp32" and x1 > 1.0 and not amp_ok:
-                met1 = None
+            met1, amp_gate = gate(prec, one_conv_acc[0] if x1 > 1.0 else False)
             out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)",
                                    f"{row['preset']}, {prec}, one conv in block 1 (deviation)", x1, 1.0, "×", met1,
                                    join(one_conv_acc[1], "" if row["timed"] == "end to end" else "network only",
-                                        amp_gate, quick)))
+                                        amp_gate, fp32_accuracy, quick)))
     return out + gpu_target_checks(bench)
 
 
