@@ -520,7 +520,9 @@ def bench_detect(detector: Detector, volume: np.ndarray, affine: np.ndarray, rep
     to world mm), ``prior_ms`` (:func:`~rpn_lib.prior.select_combination`), ``other_ms``
     (validation, resampling and intensity normalisation, result assembly: the rest of the
     call), ``candidates_prior_share`` of the end-to-end time, ``precision``, ``grid_shape``
-    (the volume on the model grid), ``n_anchors`` and ``memory``.
+    (the volume on the model grid), ``n_anchors``, ``memory`` and ``network_setting`` (the
+    :meth:`ForwardSetting.label` of the way the detector runs its network, the name of the
+    same setting among the levers).
     """
     parts: list[dict[str, float]] = []
     totals: list[float] = []
@@ -548,7 +550,14 @@ def bench_detect(detector: Detector, volume: np.ndarray, affine: np.ndarray, rep
         "candidates_prior_share": _r((med["candidates"] + med["prior"]) / e2e, 4),
         "grid_shape": [int(s) for s in grid], "n_anchors": n_anchors, "use_prior": use_prior,
         "repeats": repeats, "warmup": warmup, "memory": t["memory"],
+        "network_setting": detector_setting(detector).label(),
     }
+
+
+def detector_setting(detector: Detector) -> ForwardSetting:
+    """The :class:`ForwardSetting` under which ``detector`` runs its network (batch 1)."""
+    return ForwardSetting(precision=amp_precision(detector.device) if detector.amp else "fp32",
+                          channels_last=detector.channels_last, rewrite=detector.fast_inference)
 
 
 # --------------------------------------------------------------------------------------------

@@ -156,8 +156,13 @@ def test_detect_split_adds_up_to_the_end_to_end_time(tiny) -> None:
     assert 0 <= d["candidates_prior_share"] <= 1
     assert d["precision"] == "fp32" and d["grid_shape"] == [32, 32, 32]
     assert d["n_anchors"] == (32 // p.stride) ** 3 * 64
+    # the detector's network setting is one the levers time, so the two can be set side by side
+    assert d["network_setting"] == "fp32, channels_last_3d, BN folded + oneDNN"
+    labels = [s.label() for s in bench.lever_settings(torch.device("cpu"), autocast=["bf16"])]
+    assert d["network_setting"] in labels and "bf16, channels_last_3d, BN folded + oneDNN" in labels
     d3 = bench.bench_detect(bench.untrained_detector(p, CPU, amp=True), case.volume, case.affine, repeats=3, warmup=0)
     assert d3["precision"] == "bf16" and len(d3["end_to_end"]["runs_ms"]) == 3
+    assert d3["network_setting"] == "bf16, channels_last_3d, BN folded + oneDNN"
     assert d3["network_ms"] + d3["candidates_ms"] + d3["prior_ms"] <= d3["end_to_end"]["max_ms"]
 
 

@@ -623,10 +623,20 @@ def test_spread_of_repeated_timings() -> None:
     rows = {(r["preset"], r["precision"]): r for r in B.spread_rows(bench)}
     r = rows[("cpu-small", "fp32")]
     assert r["spread"] == pytest.approx(0.4) and r["runs"] == 5
+    assert r["setting"] == "fp32, channels_last_3d"  # a file from before the inference rewrite
     assert r["lever"] == pytest.approx(0.5)  # 40.5 ms against a network of 0.9 x 90 ms
     assert rows[("paper", "fp32")]["spread"] is None and rows[("paper", "fp32")]["lever"] is None
     table = cells(B.spread_html(bench))
     assert ["cpu-small", "fp32", "5", "81.0", "90.0", "117.0", "40 %", "0.50"] in table
+    # the detector runs the rewritten network: the rewrite's lever row is its match, not the plain one
+    bench["presets"]["cpu-small"]["levers"].append(
+        {"label": "fp32, channels_last_3d, BN folded + oneDNN", "ms_per_volume": 72.9})
+    r = next(r for r in B.spread_rows(bench) if (r["preset"], r["precision"]) == ("cpu-small", "fp32"))
+    assert r["setting"] == "fp32, channels_last_3d, BN folded + oneDNN" and r["lever"] == pytest.approx(0.9)
+    # a file that names the setting is taken at its word
+    bench["presets"]["cpu-small"]["detect"]["fp32"]["network_setting"] = "fp32, channels_last_3d"
+    r = next(r for r in B.spread_rows(bench) if (r["preset"], r["precision"]) == ("cpu-small", "fp32"))
+    assert r["setting"] == "fp32, channels_last_3d" and r["lever"] == pytest.approx(0.5)
 
 
 def test_scaling_exponent() -> None:

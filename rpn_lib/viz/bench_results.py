@@ -25,7 +25,7 @@ from rpn_lib.replicate import MISSING, SHIPPED_VS_PEER
 from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 
 __all__ = [
-    "machine_text", "detect_rows", "detect_html", "spread_rows", "spread_html", "plot_detect_split", "train_html",
+    "machine_text", "detect_rows", "detect_html", "detector_lever_label", "spread_rows", "spread_html", "plot_detect_split", "train_html",
     "plot_train_step", "memory_html", "scaling_exponent", "plot_sizes", "sizes_html", "plot_roofline", "efficiency_html",
     "layers_html", "plot_layer_rates", "levers_html", "describe_lever", "read_ahead_rows", "read_ahead_html",
     "read_ahead_lines", "plot_read_ahead", "allocator_rows", "allocator_html", "peers_html", "peer_round_lines", "peer_ratio", "plot_peers", "one_conv_rows", "one_conv_html", "plot_layer_flops", "bf16_status", "machines_html",
@@ -74,13 +74,28 @@ def detect_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def detector_lever_label(detect: Mapping[str, Any], levers: Mapping[str, Any]) -> str:
+    """The label, among the levers, of the setting under which the detector ran its network.
+
+    ``detect`` is one (preset, precision) record of the detection latency. Files from
+    ``rpn-lib bench`` name the setting (``network_setting``); in older files it is the
+    inference rewrite on ``channels_last_3d`` where the levers timed that rewrite (the two came
+    in together), else ``channels_last_3d`` alone.
+    """
+    if detect.get("network_setting"):
+        return str(detect["network_setting"])
+    prec = detect.get("precision", "fp32")
+    rewritten = f"{prec}, channels_last_3d, BN folded + oneDNN"
+    return rewritten if rewritten in levers else f"{prec}, channels_last_3d"
+
+
 def spread_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
     """How much the repeated end-to-end detections of one setting varied within the run.
 
     One row per (preset, precision): ``median``, ``min`` and ``max`` (ms) of the timed runs,
-    ``spread`` = (max - min) / median, and ``lever`` = the same network setting timed again in
-    the levers section (``channels_last_3d``, batch 1, the detector's own setting), as a ratio
-    to the detection's network time (None where the levers lack that row; ``min``, ``max`` and
+    ``spread`` = (max - min) / median, ``setting`` and ``lever`` = the detector's own network
+    setting (:func:`detector_lever_label`) timed again in the levers section, as a ratio to the
+    detection's network time (None where the levers lack that row; ``min``, ``max`` and
     ``spread`` are None in files that did not record them). On an idle machine
     both stay near 0 and 1; on a shared one they show how far a single figure can move.
     """
@@ -90,8 +105,10 @@ def spread_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
         for prec, d in r["detect"].items():
             e = d["end_to_end"]
             lo, hi = e.get("min_ms"), e.get("max_ms")
-            lever = levers.get(f"{prec}, channels_last_3d")
+            setting = detector_lever_label(d, levers)
+            lever = levers.get(setting)
             out.append({"preset": name, "precision": prec, "median": e["median_ms"], "min": lo, "max": hi,
+                        "setting": setting,
                         "spread": None if lo is None or hi is None else (hi - lo) / e["median_ms"],
                         "runs": len(e.get("runs_ms", [])),
                         "lever": None if lever is None else lever["ms_per_volume"] / d["network_ms"]})
