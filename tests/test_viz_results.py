@@ -8,7 +8,7 @@ a small hand-made dict with the structure :func:`rpn_lib.bench.run_benchmark` wr
 from __future__ import annotations
 
 import copy
-
+import html
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -435,7 +435,7 @@ def test_retinanet_target_uses_the_accuracy_of_table1(planted: tuple[Path, dict]
     _, tables = planted  # the peer was not run: its accuracy is unknown
     checks = B.check_targets(planted_bench(retina_x=2.0), tables)
     peer = next(c for c in checks if c.target.startswith("faster than") and c.where.startswith("paper"))
-    assert peer.met is None and "no paired result" in peer.note
+    assert peer.met is None and "no paired result" in peer.details
     peer = next(c for c in B.check_targets(planted_bench(retina_x=0.5), tables) if c.target.startswith("faster"))
     assert peer.met is False  # slower is a miss whatever the accuracy
 
@@ -450,10 +450,10 @@ def test_retinanet_target_prefers_the_shipped_recipe(planted: tuple[Path, dict])
                "question": SHIPPED_VS_PEER}
     t["table1"]["paired"] = [paper_recipe, shipped]
     peer = next(c for c in B.check_targets(planted_bench(retina_x=2.0), t) if c.target.startswith("faster"))
-    assert peer.met is True and "cube anchors" in peer.note and "not significant" in peer.note
+    assert peer.met is True and "cube anchors" in peer.details and "not significant" in peer.details
     t["table1"]["paired"] = [paper_recipe, {**shipped, "missing": "no per-landmark results"}]
     peer = next(c for c in B.check_targets(planted_bench(retina_x=2.0), t) if c.target.startswith("faster"))
-    assert peer.met is False and "MONAI RetinaNet (peer) is closer" in peer.note
+    assert peer.met is False and "MONAI RetinaNet (peer) is closer" in peer.details
 
 
 def test_retinanet_target_uses_the_budget_comparison_when_given(planted: tuple[Path, dict]) -> None:
@@ -477,12 +477,23 @@ def test_retinanet_target_uses_the_budget_comparison_when_given(planted: tuple[P
         return next(c for c in B.check_targets(planted_bench(retina_x=x), t, b) if c.target.startswith("faster"))
 
     c = peer_check(budget(0.001, -1.5, -0.5, -1.0))  # the IG-RPN closer at the shipped budget
-    assert c.met is True and f"{B.BUDGET_SHIPPED}, calibrated prior is closer" in c.note and "1 seed" in c.note
-    assert "at 2,400 steps (Table 1)" in c.note and "MONAI RetinaNet (peer) is closer" in c.note and ".;" not in c.note
+    assert c.met is True and f"{B.BUDGET_SHIPPED}, calibrated prior is closer" in c.details and "1 seed" in c.details
+    assert "at 2,400 steps (Table 1)" in c.details and "MONAI RetinaNet (peer) is closer" in c.details and ".;" not in c.details
     assert peer_check(budget(0.001, 0.5, 1.5, 1.0)).met is False  # the peer closer
     assert peer_check(budget(0.3, -0.5, 0.4, -0.1)).met is True  # no significant difference: equal
     assert peer_check(budget(0.001, -1.5, -0.5, -1.0), x=0.7).met is False  # closer but slower
     assert B.budget_pair(budget(0.3, -0.5, 0.4, -0.1), "no prior")["a"] == f"{B.BUDGET_SHIPPED}, no prior"
+    # the table writes each accuracy comparison once, under it, and names it by number in the rows
+    checks = B.check_targets(planted_bench(retina_x=2.0), t, budget(0.001, -1.5, -0.5, -1.0))
+    peers = [c for c in checks if c.target.startswith("faster")]
+    assert len(peers) == 2 and peers[0].evidence == peers[1].evidence and len(peers[0].evidence) == 2
+    page = B.targets_html(checks)
+    rows = {(r[0], r[1]): r for r in cells(page)}
+    for c in peers:
+        assert rows[(c.target, c.where)][5].endswith("accuracy: [1], [2]")
+    for i, e in enumerate(peers[0].evidence, 1):
+        assert page.count(html.escape(e)) == 1 and f"[{i}] {html.escape(e)}" in page
+    assert "[1]" not in B.targets_html([c for c in checks if not c.target.startswith("faster")])
     with pytest.raises(ValueError, match="setting"):
         B.budget_pair({"pairs": []})
 
@@ -508,10 +519,10 @@ def test_one_conv_deviation_gets_its_own_retinanet_check() -> None:
     r = rows(budget(0.3, -0.5, 0.4, -0.1))  # no significant difference: equal accuracy
     assert r["paper, fp32"].met is False  # 0.9x: RetinaNet faster than the paper architecture
     one = r["paper, fp32, one conv in block 1 (deviation)"]
-    assert one.measured == pytest.approx(1.25) and one.met is True and B.BUDGET_1CONV in one.note
+    assert one.measured == pytest.approx(1.25) and one.met is True and B.BUDGET_1CONV in one.details
     assert rows(budget(0.001, 0.5, 1.5, 1.0))["paper, fp32, one conv in block 1 (deviation)"].met is False  # less accurate
     undecided = rows(None)["paper, fp32, one conv in block 1 (deviation)"]
-    assert undecided.met is None and "make peer-budget" in undecided.note
+    assert undecided.met is None and "make peer-budget" in undecided.details
     table = {r["preset"]: r for r in B.one_conv_rows(bench)}
     paper = table["paper"]
     assert paper["timed"] == "end to end" and paper["x_retinanet"] == pytest.approx(1.25)
@@ -667,6 +678,21 @@ def test_bench_figures() -> None:
     for f in figs:
         assert isinstance(f, matplotlib.figure.Figure)
         plt.close(f)
+
+
+def test_training_step_figure_has_a_panel_per_preset() -> None:
+    bench = planted_bench()
+    fig = B.plot_train_step(bench)
+    assert len(fig.axes) == len(bench["presets"])
+    for ax, (name, r) in zip(fig.axes, bench["presets"].items()):
+        assert ax.get_title().startswith(name)
+        steps = [t["step"]["median_ms"] for t in r["train"].values()]
+        assert [float(t.get_text().split()[0]) for t in ax.texts] == [round(v) for v in steps]
+        tops = [sum(p.get_height() for p in ax.patches if abs(p.get_x() + p.get_width() / 2 - i) < 1e-9)
+                for i in range(len(steps))]
+        assert tops == pytest.approx([sum(t.get(k) or 0.0 for k in ("data_ms", "forward_ms", "loss_ms", "backward_ms",
+                                                                     "optimizer_ms")) for t in r["train"].values()])
+    plt.close(fig)
 
 
 def test_a_peer_left_out_is_reported_not_judged() -> None:

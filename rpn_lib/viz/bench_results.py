@@ -13,6 +13,7 @@ ratios as plain numbers (an ``x_igrpn`` above 1: slower than the IG-RPN).
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -176,25 +177,30 @@ def train_html(bench: Mapping[str, Any]) -> str:
 
 
 def plot_train_step(bench: Mapping[str, Any]) -> Any:
-    """Stacked bars of one training step: data, forward, loss, backward, optimizer (ms)."""
+    """Stacked bars of one training step: data, forward, loss, backward, optimizer (ms, medians of
+    each part); one panel per preset (their scales differ), each bar labelled with the median
+    step time of :func:`train_html`."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
+    presets = [(name, r["train"]) for name, r in bench["presets"].items() if r.get("train")]
+    fig, axes = plt.subplots(1, max(1, len(presets)), figsize=(4.2 * max(1, len(presets)), 3.2),
+                             layout="constrained", squeeze=False)
     parts = (("data_ms", "0.6"), ("forward_ms", "C0"), ("loss_ms", "C1"), ("backward_ms", "C4"), ("optimizer_ms", "C2"))
-    labels = []
-    i = 0
-    for name, r in bench["presets"].items():
-        for prec, t in r["train"].items():
+    for ax, (name, train) in zip(axes[0], presets):
+        batch = next(iter(train.values())).get("batch_size")
+        for i, t in enumerate(train.values()):
             bottom = 0.0
             for key, c in parts:
                 v = t.get(key) or 0.0
                 ax.bar(i, v, bottom=bottom, color=c, width=0.6, label=key[:-3] if i == 0 else None)
                 bottom += v
-            labels.append(f"{name}\n{prec}")
-            i += 1
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax.set_ylabel("ms per step")
-    ax.legend(fontsize=8)
+            step = (t.get("step") or {}).get("median_ms", bottom)  # the median step, as in the table
+            ax.text(i, bottom, f"{step:.0f} ms", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(train)), list(train))
+        ax.set_title(f"{name}" + (f" (batch {batch})" if batch else ""), fontsize=10)
+        ax.set_ylabel("ms per step")
+        ax.margins(y=0.15)
+    axes[0][0].legend(fontsize=8)
     return fig
 
 
@@ -740,6 +746,8 @@ class TargetCheck:
         unit: unit of both.
         met: True / False, or None when it cannot be decided.
         note: why a measurement does not count, or other context.
+        evidence: the accuracy comparisons a verdict rests on, in words (the RetinaNet rows);
+            :func:`targets_html` prints each once, under the table, and numbers it in the rows.
     """
 
     target: str
@@ -749,10 +757,16 @@ class TargetCheck:
     unit: str
     met: bool | None
     note: str = ""
+    evidence: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
         return {True: "met", False: "NOT met", None: "not decided"}[self.met]
+
+    @property
+    def details(self) -> str:
+        """The note and the evidence in one text."""
+        return "; ".join(n.rstrip(".") for n in (self.note, *self.evidence) if n)
 
 
 def _amp_ok(bench: Mapping[str, Any]) -> tuple[bool | None, str]:
@@ -863,7 +877,7 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
             met = None if pct is None else met
             out.append(TargetCheck("candidates + prior < 5 % of the total", f"{name}, {prec}", pct, 5.0, "%", met,
                                    join(note, quick)))
-    acc_note = ""
+    acc_evidence: tuple[str, ...] = ()
     acc_ok: bool | None = None
     if tables is not None:
         pair = {"missing": "no comparison"}
@@ -876,20 +890,18 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
                 break
         v = pair_verdict(pair)
         acc_ok = None if v in ("missing", "mixed") else v in ("a", "none")
-        acc_note = f"accuracy (Table 1): {describe_pair(pair)}" if v != "missing" else "accuracy: no paired result"
+        acc_evidence = (f"accuracy (Table 1): {describe_pair(pair)}" if v != "missing" else "accuracy: no paired result",)
     if budget is not None:
         pair = budget_pair(budget)
         v = pair_verdict(pair)
         acc_ok = None if v in ("missing", "mixed") else v in ("a", "none")
-        acc_note = "; ".join(n.rstrip(".") for n in (f"accuracy at the shipped budget ({BUDGET_SETTING}, 1 seed): "
-                                                     f"{describe_pair(pair)}", acc_note.replace("accuracy (Table 1)",
-                                                                                                 "at 2,400 steps (Table 1)"))
-                             if n)
+        acc_evidence = ((f"accuracy at the shipped budget ({BUDGET_SETTING}, 1 seed): {describe_pair(pair)}",)
+                        + tuple(e.replace("accuracy (Table 1)", "at 2,400 steps (Table 1)") for e in acc_evidence))
     if not any(pe["name"] == "retinanet" for r in presets.values() for pe in r["peers"]):
         out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)", "not in this file", None, 1.0,
                                "×", None, join("the peer was not benchmarked (rpn-lib bench --peers)", quick)))
-    one_conv_acc: tuple[bool | None, str] = (None, "accuracy of the one-conv model not compared "
-                                                   "(results/budget-3800/comparison.json: make peer-budget)")
+    one_conv_acc: tuple[bool | None, tuple[str, ...]] = (
+        None, ("accuracy of the one-conv model not compared (results/budget-3800/comparison.json: make peer-budget)",))
     if budget is not None:
         try:
             pair = budget_pair(budget, a=BUDGET_1CONV)
@@ -898,7 +910,7 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
         else:
             v = pair_verdict(pair)
             one_conv_acc = (None if v in ("missing", "mixed") else v in ("a", "none"),
-                            f"accuracy at the shipped budget ({BUDGET_SETTING}, 1 seed): {describe_pair(pair)}")
+                            (f"accuracy at the shipped budget ({BUDGET_SETTING}, 1 seed): {describe_pair(pair)}",))
     for prec in peer_precisions(bench):
         # in an autocast precision every model ran in it; the accuracy compared is the fp32
         # models', which counts only when the IG-RPN's autocast accuracy matched its fp32 one
@@ -914,18 +926,18 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
                 else:
                     met = acc_ok  # faster: met when the accuracy is equal or better, undecided when unknown
                 met, amp_gate = gate(prec, met)
-                note = pe.get("reason") or pe.get("error") or acc_note or "accuracy not compared here"
+                reason = pe.get("reason") or pe.get("error") or ("" if acc_evidence else "accuracy not compared here")
                 spread = paired_range_text(pe)
                 out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)", f"{name}, {prec}", x,
                                        1.0, "×", met, join(f"per-round ratio {spread} rounds" if spread else "",
-                                                           note, amp_gate, fp32_accuracy, quick)))
+                                                           reason, amp_gate, fp32_accuracy, quick), acc_evidence))
         for row in one_conv_rows(bench, prec):
             x1 = row["x_retinanet"]
             met1, amp_gate = gate(prec, one_conv_acc[0] if x1 > 1.0 else False)
             out.append(TargetCheck("faster than MONAI RetinaNet (its time / IG-RPN's > 1)",
                                    f"{row['preset']}, {prec}, one conv in block 1 (deviation)", x1, 1.0, "×", met1,
-                                   join(one_conv_acc[1], "" if row["timed"] == "end to end" else "network only",
-                                        amp_gate, fp32_accuracy, quick)))
+                                   join("" if row["timed"] == "end to end" else "network only",
+                                        amp_gate, fp32_accuracy, quick), one_conv_acc[1]))
     return out + gpu_target_checks(bench)
 
 
@@ -953,7 +965,18 @@ def gpu_target_checks(bench: Mapping[str, Any]) -> list[TargetCheck]:
 
 
 def targets_html(checks: Sequence[TargetCheck]) -> str:
-    """The target checks as a table with the verdict of each."""
-    rows = [[c.target, c.where, MISSING if c.measured is None else f"{c.measured:.3g} {c.unit}", f"{c.limit:g} {c.unit}",
-             c.verdict, c.note] for c in checks]
-    return html_table(["target", "measured at", "measured", "limit", "verdict", "note"], rows)
+    """The target checks as a table with the verdict of each. Each accuracy comparison a
+    verdict rests on (:attr:`TargetCheck.evidence`) is written once, numbered, under the
+    table; a row's note names it by number ("accuracy: [1], [2]")."""
+    evidence: dict[str, int] = {}
+    rows = []
+    for c in checks:
+        refs = [f"[{evidence.setdefault(e, len(evidence) + 1)}]" for e in c.evidence]
+        note = "; ".join(n for n in (c.note, f"accuracy: {', '.join(refs)}" if refs else "") if n)
+        rows.append([c.target, c.where, MISSING if c.measured is None else f"{c.measured:.3g} {c.unit}",
+                     f"{c.limit:g} {c.unit}", c.verdict, note])
+    table = html_table(["target", "measured at", "measured", "limit", "verdict", "note"], rows)
+    if not evidence:
+        return table
+    items = "\n".join(f"<p style=\"font-size:0.85em\">[{i}] {html.escape(e)}</p>" for e, i in evidence.items())
+    return f"{table}\n{items}"
