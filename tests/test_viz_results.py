@@ -392,6 +392,9 @@ def test_targets_are_judged_from_the_numbers() -> None:
     assert v[("cpu-small detect", "cpu-small, fp32")] is True
     assert v[("paper scale", "paper, fp32")] is True
     assert v[("candidates +", "cpu-small, fp32")] is True  # 4 % of the total
+    share = {c.where: c for c in B.check_targets(planted_bench()) if c.target.startswith("candidates +")}
+    assert "the issue sets this target at paper scale" in share["cpu-small, fp32"].note
+    assert "issue sets" not in share["paper, fp32"].note
     assert v[("faster than", "paper, fp32")] is True  # RetinaNet takes 2x the IG-RPN's time
     # autocast rows do not count without the accuracy check
     assert v[("cpu-small detect", "cpu-small, bf16")] is None and v[("candidates +", "paper, bf16")] is None

@@ -821,7 +821,8 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
     * ``cpu-small`` detect end to end under 100 ms per volume;
     * ``paper`` scale end to end within 1.25× the floor (the forward FLOPs at the matmul peak
       of the same precision);
-    * candidates + prior under 5 % of the end-to-end time, at both presets;
+    * candidates + prior under 5 % of the end-to-end time: the issue sets it at ``paper`` scale,
+      and it is checked at every preset of the file (the other rows say so in their note);
     * faster than MONAI's RetinaNet at the same input, at equal or better accuracy: the paired
       comparison with the peer is not significantly against the IG-RPN. One row per precision
       the peers were timed in (:func:`rpn_lib.bench.peer_precisions`): fp32, and the autocast
@@ -875,8 +876,9 @@ def check_targets(bench: Mapping[str, Any], tables: Mapping[str, Any] | None = N
             pct = None if share is None else 100 * share
             met, note = gate(prec, pct is not None and pct < 5.0)
             met = None if pct is None else met
+            scope = "" if name == "paper" else "the issue sets this target at paper scale; checked here as well"
             out.append(TargetCheck("candidates + prior < 5 % of the total", f"{name}, {prec}", pct, 5.0, "%", met,
-                                   join(note, quick)))
+                                   join(scope, note, quick)))
     acc_evidence: tuple[str, ...] = ()
     acc_ok: bool | None = None
     if tables is not None:
