@@ -1459,10 +1459,11 @@ def _f(x: Any, nd: int = 1, pct: bool = False) -> str:
     return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
-def _g(x: float | None) -> str:
-    """Three significant digits without exponent (GFLOP counts)."""
+def fmt_gflop(x: float | None, missing: str = "-") -> str:
+    """A GFLOP count with three significant digits and no exponent (``394``, ``12.3``,
+    ``0.0126``); ``missing`` for None."""
     if x is None:
-        return "-"
+        return missing
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
@@ -1511,11 +1512,11 @@ def _peers_markdown(pres: Mapping[str, Any], precision: str) -> list[str]:
             rounds.add(paired["rounds"])
         mine = igrpn_peer_times(r, precision)
         rows.append([name, "IG-RPN", _f(mine["network_ms"]), "1.00", _f(mine["end_to_end_ms"]), "1.00", "",
-                     _g(r["gflop_forward"]), _mem(r["detect"][precision]["memory"]), ""])
+                     fmt_gflop(r["gflop_forward"]), _mem(r["detect"][precision]["memory"]), ""])
         for pe in peers:
             note = pe["reason"] or pe["error"] or ("network only" if pe["end_to_end_ms"] is None else "")
             rows.append([name, pe["name"], _f(pe["network_ms"]), _f(pe["x_igrpn_network"], 2), _f(pe["end_to_end_ms"]),
-                         _f(pe["x_igrpn_end_to_end"], 2), paired_range_text(pe), _g(pe["gflop"]), _mem(pe["memory"]),
+                         _f(pe["x_igrpn_end_to_end"], 2), paired_range_text(pe), fmt_gflop(pe["gflop"]), _mem(pe["memory"]),
                          note])
     n_rounds = "/".join(map(str, sorted(rounds)))
     how = (f"medians of {n_rounds} round{'' if rounds == {1} else 's'}, every model once per round in a rotating order; "
@@ -1574,7 +1575,7 @@ def format_report(result: dict[str, Any]) -> str:
                              _f(a["ideal_x"], 2) if row["depth"] == 0 else ""])
         out += _table(["preset", "precision", "file", "setting", "ms/file", "x", "x per round",
                        "x if reading were hidden"], rows)
-    rows = [[name, prec, _g(e["gflop"]), _f(e["forward_ms"]), _f(e["gflops_per_s"]), _f(e["peak_gflops_per_s"]),
+    rows = [[name, prec, fmt_gflop(e["gflop"]), _f(e["forward_ms"]), _f(e["gflops_per_s"]), _f(e["peak_gflops_per_s"]),
              _f(e["fraction_of_peak"], 1, pct=True), _f(e["floor_ms"]), _f(e["end_to_end_over_floor"], 2)]
             for name, r in pres.items() for prec, e in r["efficiency"].items()]
     out += ["", "## How close to the hardware limit (network forward pass against the matmul peak)", ""]
@@ -1583,7 +1584,7 @@ def format_report(result: dict[str, Any]) -> str:
     layered = [(name, r["layers"]) for name, r in pres.items() if r.get("layers")]
     if layered:
         peak = (result.get("matmul_peak") or {}).get("fp32", {}).get("gflops_per_s")
-        rows = [[name, row["name"], _g(row["gflop"]), _f(row["ms"]), _f(row["gflops_per_s"]),
+        rows = [[name, row["name"], fmt_gflop(row["gflop"]), _f(row["ms"]), _f(row["gflops_per_s"]),
                  _f(row["gflops_per_s"] / peak if peak else None, 1, pct=True)]
                 for name, lay in layered for row in lay["rows"]]
         rows += [[name, "everything else (ReLU, pooling, up-sampling, concatenation)", "", _f(lay["other_ms"]), "", ""]
@@ -1620,7 +1621,7 @@ def format_report(result: dict[str, Any]) -> str:
         out += ["", f"## Cost against volume size (IG-RPN width {sz['width']}, stride {sz['stride']}, "
                     f"{sz['precision']}, batch 1)", ""]
         out += _table(["size", "voxels", "GFLOP", "ms", "GFLOP/s", "peak MB"],
-                      [[f"{r['size']}^3", r["voxels"], _g(r["gflop"]), _f(r["ms"]), _f(r["gflops_per_s"]), _mem(r["memory"])]
+                      [[f"{r['size']}^3", r["voxels"], fmt_gflop(r["gflop"]), _f(r["ms"]), _f(r["gflops_per_s"]), _mem(r["memory"])]
                        for r in sz["rows"]])
     acc = result.get("accuracy")
     if acc:

@@ -843,7 +843,7 @@ def test_time_per_convolution_table_and_figure() -> None:
         "rows": [{"name": "backbone.block1.0.0", "gflop": 3.6, "ms": 300.0, "gflops_per_s": 12.0},
                  {"name": "backbone.block1.1.0", "gflop": 120.0, "ms": 600.0, "gflops_per_s": 200.0}]}
     rows = cells(B.layers_html(bench))
-    assert rows[1] == ["paper", "backbone.block1.0.0", "3.60", "300.0", "30.0 %", "12.0", "6 %"]
+    assert rows[1] == ["paper", "backbone.block1.0.0", "3.6", "300.0", "30.0 %", "12.0", "6 %"]
     assert rows[2][-1] == "100 %" and rows[3][:2] == ["paper", "everything else"] and rows[3][4] == "10.0 %"
     fig = B.plot_layer_rates(bench)
     ax = fig.axes[0]

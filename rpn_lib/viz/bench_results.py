@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from rpn_lib.bench import (ONE_CONV_PEER, igrpn_peer_times, paired_range_text, paired_ratios, peer_precisions,
-                           peer_results, read_ahead_label)
+from rpn_lib.bench import (ONE_CONV_PEER, fmt_gflop, igrpn_peer_times, paired_range_text, paired_ratios,
+                           peer_precisions, peer_results, read_ahead_label)
 from rpn_lib.replicate import MISSING, SHIPPED_VS_PEER
 from rpn_lib.viz.results import describe_pair, fmt_num, html_table, pair_verdict
 
@@ -231,7 +231,7 @@ def sizes_html(bench: Mapping[str, Any]) -> str:
     sz = bench.get("sizes")
     if not sz:
         return html_table(["size"], [["not measured (--sizes none)"]])
-    rows = [[f"{r['size']}³", r["voxels"], fmt_num(r["gflop"], 3), fmt_num(r["ms"]), fmt_num(r["gflops_per_s"]),
+    rows = [[f"{r['size']}³", r["voxels"], fmt_gflop(r["gflop"], MISSING), fmt_num(r["ms"]), fmt_num(r["gflops_per_s"]),
              _mb(r.get("memory")), _mb(r.get("memory"), "cpu_peak_extra_mb")] for r in sz["rows"]]
     return html_table(["side", "voxels", "GFLOP", "ms", "GFLOP/s", "peak RSS (MB)", "growth (MB)"], rows)
 
@@ -299,7 +299,7 @@ def efficiency_html(bench: Mapping[str, Any]) -> str:
     rows = []
     for name, r in bench["presets"].items():
         for prec, e in r["efficiency"].items():
-            rows.append([name, prec, fmt_num(e["gflop"], 3), fmt_num(e["forward_ms"]), fmt_num(e["gflops_per_s"]),
+            rows.append([name, prec, fmt_gflop(e["gflop"], MISSING), fmt_num(e["forward_ms"]), fmt_num(e["gflops_per_s"]),
                          fmt_num(e["peak_gflops_per_s"]), fmt_num(100 * e["fraction_of_peak"], 1, " %"), fmt_num(e["floor_ms"]),
                          fmt_num(e["end_to_end_ms"]), fmt_num(e["end_to_end_over_floor"], 2)])
     return html_table(["preset", "precision", "GFLOP", "network ms", "GFLOP/s", "peak GFLOP/s", "of peak", "floor ms",
@@ -317,7 +317,7 @@ def layers_html(bench: Mapping[str, Any]) -> str:
         if not lay:
             continue
         for row in lay["rows"]:
-            rows.append([name, row["name"], fmt_num(row["gflop"], 2), fmt_num(row["ms"]),
+            rows.append([name, row["name"], fmt_gflop(row["gflop"], MISSING), fmt_num(row["ms"]),
                          fmt_num(100 * row["ms"] / lay["forward_ms"], 1, " %"), fmt_num(row["gflops_per_s"]),
                          fmt_num(100 * row["gflops_per_s"] / peak, 0, " %") if peak else MISSING])
         rows.append([name, "everything else", "", fmt_num(lay["other_ms"]),
@@ -500,12 +500,12 @@ def peers_html(bench: Mapping[str, Any], precision: str = "fp32") -> str:
             continue
         mine = igrpn_peer_times(r, precision)
         rows.append([name, "IG-RPN", fmt_num(mine["network_ms"]), "1.00", fmt_num(mine["end_to_end_ms"]), "1.00", "",
-                     fmt_num(r.get("gflop_forward"), 3), ""])
+                     fmt_gflop(r.get("gflop_forward"), MISSING), ""])
         for pe in peers:
             note = pe.get("reason") or pe.get("error") or ("network only" if pe["end_to_end_ms"] is None else "")
             rows.append([name, pe["name"], fmt_num(pe["network_ms"]), fmt_num(pe["x_igrpn_network"], 2),
                          fmt_num(pe["end_to_end_ms"]), fmt_num(pe["x_igrpn_end_to_end"], 2), paired_range_text(pe),
-                         fmt_num(pe["gflop"], 3), note])
+                         fmt_gflop(pe["gflop"], MISSING), note])
     header = ["preset", "model", "network ms", "× IG-RPN", "end to end ms", "× IG-RPN", "per-round × (end to end)",
               "GFLOP", "note"]
     if not any(row[6] for row in rows):  # a file written before peers were timed in rounds
