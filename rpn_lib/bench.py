@@ -732,15 +732,20 @@ def bench_train_step(preset: str | Preset, device: str | torch.device = "auto", 
 
 def bench_sizes(sizes: Sequence[int] = DEFAULT_SIZES, width: int = DEFAULT_SIZE_WIDTH, stride: int = 4,
                 device: str | torch.device = "auto", repeats: int = 5, warmup: int = 1,
-                precision: str = "fp32") -> dict[str, Any]:
+                precision: str = "fp32", setting: ForwardSetting | None = None) -> dict[str, Any]:
     """Forward time, FLOPs and peak memory of a width-``width`` IG-RPN on cubes of ``sizes``.
 
-    Returns ``width``, ``stride``, ``precision`` and ``rows``, one per size: ``size``,
-    ``voxels``, ``gflop``, ``ms`` (per volume, batch 1), ``gflops_per_s``, ``memory``.
+    ``setting``: how the network runs (None: as the detector runs it, :func:`detector_setting`:
+    the inference rewrite on ``channels_last_3d``, in ``precision``, batch 1). Returns
+    ``width``, ``stride``, ``precision``, ``setting`` (its :meth:`ForwardSetting.label`) and
+    ``rows``, one per size: ``size``, ``voxels``, ``gflop``, ``ms`` (per volume),
+    ``gflops_per_s``, ``memory``.
     """
     bad = [s for s in sizes if s < 8 or s % 8]
     if bad:
         raise ValueError(f"volume sizes must be positive multiples of 8 (three down-samplings), got {bad}")
+    if setting is None:
+        setting = ForwardSetting(precision=precision, channels_last=True, rewrite=True)
     dev = resolve_device(device)
     torch.manual_seed(0)
     model = IGRPN(width=width, stride=stride).to(dev).eval()
@@ -748,12 +753,13 @@ def bench_sizes(sizes: Sequence[int] = DEFAULT_SIZES, width: int = DEFAULT_SIZE_
     for s in sizes:
         shape = (int(s),) * 3
         flops = count_flops(model, (1, 1, *shape))
-        r = time_forward(model, shape, ForwardSetting(precision=precision), dev, repeats, warmup)
+        r = time_forward(model, shape, setting, dev, repeats, warmup)
         rows.append({"size": int(s), "voxels": int(s) ** 3, "flops": flops, "gflop": _r(flops / 1e9, 4),
                      "ms": r["ms_per_volume"],
                      "gflops_per_s": _r(flops / 1e9 / (r["ms_per_volume"] * 1e-3), 1), "memory": r["memory"]})
         gc.collect()
-    return {"width": width, "stride": stride, "precision": precision, "rows": rows}
+    return {"width": width, "stride": stride, "precision": setting.precision, "setting": setting.label(),
+            "rows": rows}
 
 
 def _autocast_list(device: torch.device, autocast: Sequence[str] | None) -> list[str]:
@@ -1619,7 +1625,7 @@ def format_report(result: dict[str, Any]) -> str:
     if result.get("sizes"):
         sz = result["sizes"]
         out += ["", f"## Cost against volume size (IG-RPN width {sz['width']}, stride {sz['stride']}, "
-                    f"{sz['precision']}, batch 1)", ""]
+                    f"{sz.get('setting') or sz['precision']}, batch 1)", ""]
         out += _table(["size", "voxels", "GFLOP", "ms", "GFLOP/s", "peak MB"],
                       [[f"{r['size']}^3", r["voxels"], fmt_gflop(r["gflop"]), _f(r["ms"]), _f(r["gflops_per_s"]), _mem(r["memory"])]
                        for r in sz["rows"]])

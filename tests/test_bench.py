@@ -246,6 +246,10 @@ def test_sizes_table() -> None:
     assert [r["size"] for r in s["rows"]] == [8, 16] and s["width"] == 2
     f8, f16 = (r["flops"] for r in s["rows"])
     assert f16 == 8 * f8  # every convolution is 8 times larger at twice the side
+    # timed as the detector runs its network, unless told otherwise
+    assert s["setting"] == "fp32, channels_last_3d, BN folded + oneDNN" and s["precision"] == "fp32"
+    plain = bench.bench_sizes([8], width=2, device=CPU, repeats=1, warmup=0, setting=bench.ForwardSetting())
+    assert plain["setting"] == "fp32" and plain["rows"][0]["flops"] == f8
     with pytest.raises(ValueError, match="multiples of 8"):
         bench.bench_sizes([12], width=2, device=CPU)
 

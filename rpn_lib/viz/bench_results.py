@@ -267,7 +267,7 @@ def plot_sizes(bench: Mapping[str, Any]) -> Any:
         ax.set_xlabel("cube side (voxels)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"log-log slope {k:.2f}" if k is not None else "slope: too few points", fontsize=10)
-    fig.suptitle(f"IG-RPN width {sz['width']}, {sz['precision']}, batch 1", fontsize=10)
+    fig.suptitle(f"IG-RPN width {sz['width']}, {sz.get('setting') or sz['precision']}, batch 1", fontsize=10)
     return fig
 
 
