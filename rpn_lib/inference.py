@@ -32,14 +32,16 @@ __all__ = ["OneDNNConv3d", "fold_batch_norm", "prepare_for_inference"]
 
 
 def _onednn_ok(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled)
+    # under torch.compile the layer is a plain convolution (the compiler has no shape rule for
+    # mkldnn_convolution, and lowers convolutions itself); checked first, so that it traces no other
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
 class OneDNNConv3d(nn.Conv3d):
     """``nn.Conv3d`` that calls oneDNN directly for fp32 CPU inference (no autograd, no
-    autocast), whatever the shapes; otherwise exactly ``nn.Conv3d``."""
+    autocast, not inside ``torch.compile``), whatever the shapes; otherwise exactly ``nn.Conv3d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode == "zeros" and isinstance(self.padding, tuple) and _onednn_ok(x):

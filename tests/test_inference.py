@@ -77,3 +77,16 @@ def test_onednn_conv_falls_back_where_it_must() -> None:
         torch.testing.assert_close(fast(x.detach()), conv(x.detach()), rtol=1e-5, atol=1e-6)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert fast(x.detach()).dtype == torch.bfloat16
+
+
+def test_rewritten_network_compiles_in_one_graph() -> None:
+    """Under torch.compile the oneDNN layers are plain convolutions: the compiler can trace the
+    rewritten network whole (it has no shape rule for mkldnn_convolution) and gets the same values."""
+    torch.manual_seed(0)
+    fast = prepare_for_inference(trained_like(IGRPN(width=2, num_anchors=4, stride=4)))
+    compiled = torch.compile(fast, backend="eager", fullgraph=True)  # fullgraph: a graph break fails
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        a, b = fast(x), compiled(x)
+    torch.testing.assert_close(b.cls_logits, a.cls_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.box_deltas, a.box_deltas, rtol=1e-5, atol=1e-6)
