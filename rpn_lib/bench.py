@@ -46,6 +46,7 @@ import contextlib
 import copy
 import datetime as _dt
 import gc
+import inspect
 import json
 import math
 import os
@@ -560,6 +561,14 @@ def detector_setting(detector: Detector) -> ForwardSetting:
                           channels_last=detector.channels_last, rewrite=detector.fast_inference)
 
 
+def default_detector_setting(precision: str = "fp32") -> ForwardSetting:
+    """The :class:`ForwardSetting` of a :class:`~rpn_lib.detect.Detector` made with its default
+    ``channels_last`` and ``fast_inference``, in ``precision`` (batch 1)."""
+    params = inspect.signature(Detector.__init__).parameters
+    return ForwardSetting(precision=precision, channels_last=params["channels_last"].default,
+                          rewrite=params["fast_inference"].default)
+
+
 # --------------------------------------------------------------------------------------------
 # reading files ahead
 # --------------------------------------------------------------------------------------------
@@ -735,8 +744,8 @@ def bench_sizes(sizes: Sequence[int] = DEFAULT_SIZES, width: int = DEFAULT_SIZE_
                 precision: str = "fp32", setting: ForwardSetting | None = None) -> dict[str, Any]:
     """Forward time, FLOPs and peak memory of a width-``width`` IG-RPN on cubes of ``sizes``.
 
-    ``setting``: how the network runs (None: as the detector runs it, :func:`detector_setting`:
-    the inference rewrite on ``channels_last_3d``, in ``precision``, batch 1). Returns
+    ``setting``: how the network runs (None: as a detector with its defaults runs it,
+    :func:`default_detector_setting` in ``precision``). Returns
     ``width``, ``stride``, ``precision``, ``setting`` (its :meth:`ForwardSetting.label`) and
     ``rows``, one per size: ``size``, ``voxels``, ``gflop``, ``ms`` (per volume),
     ``gflops_per_s``, ``memory``.
@@ -745,7 +754,7 @@ def bench_sizes(sizes: Sequence[int] = DEFAULT_SIZES, width: int = DEFAULT_SIZE_
     if bad:
         raise ValueError(f"volume sizes must be positive multiples of 8 (three down-samplings), got {bad}")
     if setting is None:
-        setting = ForwardSetting(precision=precision, channels_last=True, rewrite=True)
+        setting = default_detector_setting(precision)
     dev = resolve_device(device)
     torch.manual_seed(0)
     model = IGRPN(width=width, stride=stride).to(dev).eval()

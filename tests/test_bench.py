@@ -158,6 +158,7 @@ def test_detect_split_adds_up_to_the_end_to_end_time(tiny) -> None:
     assert d["n_anchors"] == (32 // p.stride) ** 3 * 64
     # the detector's network setting is one the levers time, so the two can be set side by side
     assert d["network_setting"] == "fp32, channels_last_3d, BN folded + oneDNN"
+    assert bench.default_detector_setting().label() == d["network_setting"]  # what bench_sizes times
     labels = [s.label() for s in bench.lever_settings(torch.device("cpu"), autocast=["bf16"])]
     assert d["network_setting"] in labels and "bf16, channels_last_3d, BN folded + oneDNN" in labels
     d3 = bench.bench_detect(bench.untrained_detector(p, CPU, amp=True), case.volume, case.affine, repeats=3, warmup=0)

@@ -602,7 +602,7 @@ def one_conv_html(bench: Mapping[str, Any]) -> str:
     """:func:`one_conv_rows` as a table, for every precision the peers were timed in."""
     rows = [[r["preset"], r["precision"], r["timed"], fmt_num(r["igrpn_ms"]), fmt_num(r["one_conv_ms"]),
              fmt_num(r["x_igrpn"], 2, "×"), fmt_num(r["retinanet_ms"]), fmt_num(r["x_retinanet"], 2, "×"),
-             fmt_num(r["gflop_igrpn"], 1), fmt_num(r["gflop_one_conv"], 1)]
+             fmt_gflop(r["gflop_igrpn"], MISSING), fmt_gflop(r["gflop_one_conv"], MISSING)]
             for prec in peer_precisions(bench) for r in one_conv_rows(bench, prec)]
     return html_table(["preset", "precision", "timed", "IG-RPN ms", "one conv in block 1 ms", "× IG-RPN",
                        "RetinaNet ms", "RetinaNet / one conv", "GFLOP IG-RPN", "GFLOP one conv"], rows)
